@@ -1,0 +1,41 @@
+"""Orbax checkpoints of the whole train state, plus JSON metadata (epoch, metrics).
+
+Orbax writes each step to a temporary folder and renames it only when complete, so a crash
+mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, max_to_keep: int | None = 3,
+                 create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  """Starts an (asynchronous where Orbax can) save; `manager.wait_until_finished()` ends it."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+      meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> tuple[Any, dict]:
+  """(state, meta) at `step`, shaped like `target_state` (whose values are not used)."""
+  target_dict = flax.serialization.to_state_dict(target_state)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  state = flax.serialization.from_state_dict(target_state, restored["state"])
+  return state, dict(restored["meta"] or {})

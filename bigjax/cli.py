@@ -1,0 +1,43 @@
+"""Turns run.py's flags into a call of the driver."""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+
+from absl import flags, logging
+
+from bigjax import train
+
+
+def default_workdir(config_path: str) -> str:
+  """runs/<config file stem>[_<variant>]: 'configs/mnist.py:cnn' -> 'runs/mnist_cnn'."""
+  path, _, arg = config_path.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  suffix = "_" + arg.replace(",", "_") if arg else ""
+  return os.path.join("runs", name + suffix)
+
+
+def _quiet_logs() -> None:
+  """bigjax's own lines at INFO, plainly formatted; libraries' (Orbax's are many) at WARNING."""
+  logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler()
+  handler.setFormatter(py_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  py_logging.getLogger("bigjax").setLevel(py_logging.INFO)
+
+
+def main(flag_values: flags.FlagValues) -> None:
+  _quiet_logs()
+  config = flag_values.config
+  config_path = flag_values["config"].config_filename if config is not None else None
+  workdir = flag_values.workdir
+  if workdir is None:
+    if config_path is None:
+      raise flags.ValidationError("Pass --config=configs/<name>.py (or --workdir for eval).")
+    workdir = default_workdir(config_path)
+  if flag_values.mode == "train":
+    if config is None:
+      raise flags.ValidationError("--mode=train needs --config=configs/<name>.py.")
+    train.run(config, workdir)
+  elif flag_values.mode == "eval":
+    train.evaluate(config if config is not None else train.load_run_config(workdir), workdir)

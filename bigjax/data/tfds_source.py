@@ -1,0 +1,116 @@
+"""TFDS image-classification datasets, read without TensorFlow where the format allows.
+
+Offline machines must not wait minutes for TFDS's download retries: an unprepared dataset
+fails at once when downloads are off, and after a 5-second network probe when they are on.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+from bigjax.registry import ConfigError, did_you_mean
+
+# The host TFDS downloads dataset metadata and most image datasets from.
+_PROBE_HOST = ("storage.googleapis.com", 443)
+_PROBE_TIMEOUT_S = 5.0
+
+
+class DatasetUnavailableError(RuntimeError):
+  pass
+
+
+def _network_reachable() -> bool:
+  try:
+    socket.create_connection(_PROBE_HOST, timeout=_PROBE_TIMEOUT_S).close()
+    return True
+  except OSError:
+    return False
+
+
+def _not_prepared_message(name: str, data_dir: str | None, why: str) -> str:
+  where = data_dir or "~/tensorflow_datasets"
+  return (
+      f'TFDS dataset "{name}" is not prepared in {where} and {why}. Either:\n'
+      f"  * prepare it where there is network (pip install 'bigjax[tf]'; python -c "
+      f"\"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare("
+      f"file_format='array_record')\") and point --config.data.data_dir at that folder; or\n"
+      "  * use a local source: --config.data.source=idx --config.data.path=FOLDER_WITH_IDX_FILES "
+      "(Fashion-MNIST: `apt-get install dataset-fashion-mnist`, then "
+      "--config.data.path=/usr/share/datasets/fashion-mnist), or configs/fashion_mnist.py.")
+
+
+def _builder(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError(
+        f'Unknown TFDS dataset "{name}".{did_you_mean(name, tfds.list_builders(with_community_datasets=False))} '
+        "See https://www.tensorflow.org/datasets/catalog for names.") from e
+
+
+def _disable_tf_gpu() -> None:
+  """TensorFlow must never take accelerator memory from JAX."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+
+
+def _read_with_data_source(builder, split: str):
+  source = builder.as_data_source(split=split)
+  examples = [source[i] for i in range(len(source))]
+  return examples
+
+
+def _read_with_tensorflow(builder, split: str):
+  try:
+    _disable_tf_gpu()
+  except ImportError as e:
+    raise DatasetUnavailableError(
+        f'TFDS dataset "{builder.name}" is prepared in a format that needs TensorFlow to read '
+        "(tfrecord). pip install 'bigjax[tf]', or re-prepare it with "
+        "download_and_prepare(file_format='array_record').") from e
+  import tensorflow_datasets as tfds
+  batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  return batch
+
+
+def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
+                    image_key: str = "image", label_key: str = "label"):
+  """(images [N, H, W, C], labels int32 [N], class_names) of one TFDS split."""
+  builder = _builder(name, data_dir)
+  try:
+    examples = _read_with_data_source(builder, split)  # also what tfds.testing.mock_data serves
+  except Exception:  # pylint: disable=broad-except
+    examples = None
+  if examples is None:
+    if not builder.is_prepared():
+      if not download:
+        raise DatasetUnavailableError(
+            _not_prepared_message(name, data_dir, "downloads are off (config.data.download=False)"))
+      if not _network_reachable():
+        raise DatasetUnavailableError(
+            _not_prepared_message(name, data_dir, "the network is unreachable"))
+      try:
+        _disable_tf_gpu()
+      except ImportError as e:
+        raise DatasetUnavailableError(
+            f'Preparing TFDS dataset "{name}" needs TensorFlow: pip install "bigjax[tf]".') from e
+      builder.download_and_prepare(file_format="array_record")
+      examples = _read_with_data_source(builder, split)
+    else:
+      batch = _read_with_tensorflow(builder, split)
+      examples = None
+  if examples is not None:
+    if not examples:
+      raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
+    images = np.stack([np.asarray(ex[image_key]) for ex in examples])
+    labels = np.asarray([ex[label_key] for ex in examples])
+  else:
+    images, labels = np.asarray(batch[image_key]), np.asarray(batch[label_key])
+  if images.ndim == 3:
+    images = images[..., None]
+  label_feature = builder.info.features[label_key]
+  class_names = list(getattr(label_feature, "names", []) or [])
+  return images, labels.astype(np.int32), class_names

@@ -1,0 +1,53 @@
+"""Model families, chosen by `config.model.name`; the other `config.model` keys are the
+family's fields. A model is any Flax Linen module called as `model.apply(variables, x, train=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+
+from bigjax.models.cnn import CNN
+from bigjax.models.mlp import MLP
+from bigjax.registry import ConfigError, Registry, did_you_mean
+
+MODELS = Registry("model")
+MODELS.register("mlp")(MLP)
+MODELS.register("cnn")(CNN)
+
+register_model = MODELS.register
+
+
+def _module_fields(cls) -> list[str]:
+  return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def build_model(model_config: Mapping[str, Any]) -> nn.Module:
+  """Builds the Linen module named by `model_config["name"]` from the remaining keys."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  cls = MODELS.get(name)
+  if dataclasses.is_dataclass(cls):
+    fields = _module_fields(cls)
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+      hints = "".join(did_you_mean(k, fields) for k in unknown)
+      raise ConfigError(
+          f'config.model has keys {unknown} that model "{name}" does not take.{hints} '
+          f"Its fields: {', '.join(fields)}.")
+  # ConfigDict turns tuples into lists; Linen modules want hashable fields.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return cls(**kwargs)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> dict:
+  """Pure: the model's variables (params and any state such as batch statistics).
+
+  `example_x` only supplies shapes; one example is enough.
+  """
+  params_rng, dropout_rng = jax.random.split(rng)
+  variables = model.init({"params": params_rng, "dropout": dropout_rng}, example_x, train=False)
+  return dict(variables)

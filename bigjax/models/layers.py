@@ -1,0 +1,37 @@
+"""Small building blocks shared by the model families."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bigjax.registry import Registry
+
+ACTIVATIONS = Registry("activation")
+for _name, _fn in {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "elu": jax.nn.elu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "silu": jax.nn.silu,
+    "identity": lambda x: x,
+}.items():
+  ACTIVATIONS.register(_name)(_fn)
+
+
+def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
+  """Non-overlapping max pooling (stride == window, 'VALID': trailing rows/cols dropped).
+
+  Same values and gradients as `flax.linen.max_pool(x, (w, w), (w, w), 'VALID')`, but as a
+  reshape and a max-reduction: on XLA:CPU the gradient of reduce_window (select-and-scatter)
+  is several times slower than the gradient of a plain reduction.
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  ho, wo = h // window, w // window
+  if ho < 1 or wo < 1:
+    raise ValueError(f"max_pool: a {h}x{w} input is smaller than the {window}x{window} window.")
+  x = x_BxHxWxC[:, :ho * window, :wo * window, :]
+  x = x.reshape(b, ho, window, wo, window, c)
+  return x.max(axis=(2, 4))

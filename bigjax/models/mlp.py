@@ -1,0 +1,28 @@
+"""Multi-layer perceptrons: the lessons' 784-128-10, 784-128-64-10, 784-256-128-64-10 and any other."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from bigjax.models.layers import ACTIVATIONS
+
+
+class MLP(nn.Module):
+  """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(num_classes)."""
+  hidden_sizes: Sequence[int] = (128,)
+  num_classes: int = 10
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act = ACTIVATIONS.get(self.activation)
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden_sizes):
+      x = act(nn.Dense(width, name=f"dense_{i}")(x))
+      if self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="head")(x)

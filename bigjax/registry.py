@@ -1,0 +1,83 @@
+"""Name -> object resolution, one registry per kind (model, loss, optimizer, data source).
+
+A config names a component either by a built-in name ("adam") or by a dotted path to the
+user's own code ("myproject.losses:focal_loss"). Users can also add names with the
+`register` decorator before calling bigjax. Unknown names fail with the known ones listed
+and the nearest suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Callable, Iterable
+
+
+class ConfigError(ValueError):
+  """A config value that bigjax cannot use; the message says what to change."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+  """' Did you mean "x"?' for the closest known name, or ''."""
+  close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+  return f' Did you mean "{close[0]}"?' if close else ""
+
+
+def import_object(path: str, kind: str = "object") -> Any:
+  """Imports 'package.module:attribute' (or 'package.module.attribute')."""
+  if ":" in path:
+    module_name, _, attr = path.partition(":")
+  else:
+    module_name, _, attr = path.rpartition(".")
+  if not module_name or not attr:
+    raise ConfigError(
+        f'Cannot import {kind} "{path}": expected "package.module:name", e.g. '
+        '"myproject.losses:focal_loss".')
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(
+        f'Cannot import {kind} "{path}": module "{module_name}" failed to import ({e}). '
+        "Check the spelling and that the module is on PYTHONPATH.") from e
+  try:
+    return getattr(module, attr)
+  except AttributeError as e:
+    public = [n for n in dir(module) if not n.startswith("_")]
+    raise ConfigError(
+        f'Cannot import {kind} "{path}": module "{module_name}" has no attribute '
+        f'"{attr}".{did_you_mean(attr, public)}') from e
+
+
+class Registry:
+  """A named catalogue of one kind of component."""
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._entries: dict[str, Any] = {}
+
+  def register(self, name: str, *, overwrite: bool = False) -> Callable[[Any], Any]:
+    """Decorator: `@registry.register("name")` adds an entry under `name`."""
+    def add(obj):
+      if name in self._entries and not overwrite:
+        raise ValueError(f'{self.kind} "{name}" is already registered; '
+                         "pass overwrite=True to replace it.")
+      self._entries[name] = obj
+      return obj
+    return add
+
+  def names(self) -> list[str]:
+    return sorted(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
+
+  def get(self, name: str) -> Any:
+    """Resolves a registered name or a dotted path."""
+    if name in self._entries:
+      return self._entries[name]
+    if ":" in name or "." in name:
+      return import_object(name, self.kind)
+    raise ConfigError(
+        f'Unknown {self.kind} "{name}".{did_you_mean(name, self._entries)} '
+        f"Known {self.kind}s: {', '.join(self.names())}. "
+        'Or name your own as "package.module:attribute".')

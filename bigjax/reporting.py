@@ -1,0 +1,82 @@
+"""What a person reads: JSON-lines metrics and progress lines with an honest ETA."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def to_jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, (np.generic, np.ndarray)):
+    return x.tolist()
+  return x
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes atomically: readers never see half a file, a crash never leaves one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+class MetricsLog:
+  """Appends one JSON object per line to `metrics.jsonl`."""
+
+  def __init__(self, path: str | None):
+    self.path = path
+
+  def write(self, row: Mapping[str, Any]) -> None:
+    if self.path is None:  # not the writing process
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(to_jsonable(row), sort_keys=True) + "\n")
+
+
+class Progress:
+  """Steady-state rate and ETA. The clock starts after the first (compiling) step."""
+
+  def __init__(self, total_steps: int, batch_size: int):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self._start_time: float | None = None
+    self._start_step = 0
+    self._paused_at: float | None = None
+
+  @property
+  def started(self) -> bool:
+    return self._start_time is not None
+
+  def start(self, step: int) -> None:
+    self._start_time, self._start_step = time.perf_counter(), step
+
+  def pause(self) -> None:
+    """Evaluation time is not training time: it does not count towards the rate."""
+    self._paused_at = time.perf_counter()
+
+  def resume(self) -> None:
+    if self._paused_at is not None and self._start_time is not None:
+      self._start_time += time.perf_counter() - self._paused_at
+    self._paused_at = None
+
+  def steps_per_second(self, step: int) -> float:
+    if self._start_time is None or step <= self._start_step:
+      return float("nan")
+    return (step - self._start_step) / max(time.perf_counter() - self._start_time, 1e-9)
+
+  def line(self, step: int) -> str:
+    rate = self.steps_per_second(step)
+    if not np.isfinite(rate):
+      return "ETA --"
+    eta = datetime.timedelta(seconds=round((self.total_steps - step) / rate))
+    return f"{rate * self.batch_size:,.0f} ex/s | ETA {eta}"

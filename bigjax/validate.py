@@ -1,0 +1,78 @@
+"""Checks that run before training, so bad input fails in seconds with a fix, not mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+from bigjax.data import PreparedData
+from bigjax.registry import ConfigError
+
+
+def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
+  """Batch sizes and label ranges against the data and the model."""
+  n_train = len(data.train)
+  if config.train.batch_size < 1:
+    raise ConfigError(f"config.train.batch_size must be positive; got {config.train.batch_size}.")
+  if config.train.batch_size > n_train:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} is larger than the "
+        f"{n_train} training examples (after holding out validation). Use "
+        f"--config.train.batch_size={max(1, n_train // 10)} or more data.")
+  num_classes = config.model.get("num_classes")
+  if num_classes is None:
+    return
+  for name, split in data.splits().items():
+    if len(split) == 0:
+      raise ConfigError(f"The {name} split is empty; check config.data.")
+    lo, hi = int(split.labels.min()), int(split.labels.max())
+    if lo < 0 or hi >= num_classes:
+      raise ConfigError(
+          f"The {name} split has labels in [{lo}, {hi}] but the model has "
+          f"num_classes={num_classes} outputs. Set --config.model.num_classes={hi + 1} "
+          "(or check the data's labels).")
+  if data.num_classes > num_classes:
+    raise ConfigError(
+        f"The dataset has {data.num_classes} classes but the model has num_classes="
+        f"{num_classes}. Set --config.model.num_classes={data.num_classes}.")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, path + "."))
+    else:
+      out[path] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       ignore: Iterable[str] = ()) -> list[str]:
+  """'key: saved -> current' for every key that differs, except the ignored ones."""
+  a, b = flatten(saved), flatten(current)
+  ignore = set(ignore)
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str,
+                    resumable_changes: Iterable[str]) -> None:
+  """Refuses to resume a workdir's checkpoint under a different config, unless allowed."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or config.checkpoint.allow_config_change:
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  diffs = config_differences(saved, current, resumable_changes)
+  if diffs:
+    raise ConfigError(
+        f"{workdir} holds a checkpoint of a run with a different config:\n  "
+        + "\n  ".join(diffs)
+        + "\nUse another --workdir, or pass --config.checkpoint.allow_config_change=True "
+        "to resume it under the new config.")

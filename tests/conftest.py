@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests run on the CPU and never touch the network."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `configs` is a folder of the repo, not part of the package
+  sys.path.insert(0, REPO_ROOT)
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture
+def fashion_mnist_dir():
+  if not os.path.isdir(DEBIAN_FASHION_MNIST):
+    pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install "
+                "dataset-fashion-mnist); .ci/run installs it.")
+  return DEBIAN_FASHION_MNIST

@@ -1,0 +1,82 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax.models import build_model, init_variables
+from bigjax.models.layers import max_pool
+from bigjax.registry import ConfigError
+from bigjax.steps import count_params
+from configs import mnist
+
+MNIST_X = jnp.zeros((1, 28, 28, 1))
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("mlp", 101_770),     # 784*128+128 + 128*10+10
+    ("mlp2", 109_386),    # + 128*64+64 + 64*10+10 - (128*10+10)
+    ("mlp3", 242_762),
+    ("cnn", 121_930),     # 320 + 18,496 + 102,464 + 650
+])
+def test_lesson_models_have_exact_parameter_counts(variant, expected):
+  model = build_model(mnist.get_config(variant).model)
+  assert count_params(init_variables(model, jax.random.PRNGKey(0), MNIST_X)["params"]) == expected
+
+
+def test_init_is_a_pure_function_of_the_seed():
+  model = build_model(mnist.get_config("cnn").model)
+  a = init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+  b = init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+  c = init_variables(model, jax.random.PRNGKey(1), MNIST_X)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert not np.allclose(a["params"]["conv_0"]["kernel"], c["params"]["conv_0"]["kernel"])
+
+
+def test_models_output_logits_per_class():
+  for variant in ("mlp", "mlp3", "cnn"):
+    model = build_model(mnist.get_config(variant).model)
+    variables = init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (7, 28, 28, 1))
+    assert model.apply(variables, x, train=False).shape == (7, 10)
+
+
+def test_dropout_only_in_training():
+  model = build_model(dict(name="mlp", hidden_sizes=(64,), dropout_rate=0.5, num_classes=10))
+  variables = init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  eval_a = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(eval_a, model.apply(variables, x, train=False))
+  train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(eval_a, train_a)
+
+
+@pytest.mark.parametrize("shape", [(3, 26, 26, 8), (2, 11, 11, 4), (2, 7, 9, 3)])
+def test_reshape_max_pool_equals_flax_max_pool(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous values: no ties
+  ref = lambda x: nn.max_pool(x, (2, 2), (2, 2), "VALID")
+  np.testing.assert_array_equal(max_pool(x, 2), ref(x))
+  w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+  grad = jax.grad(lambda x: (max_pool(x, 2) * w).sum())(x)
+  grad_ref = jax.grad(lambda x: (ref(x) * w).sum())(x)
+  assert np.abs(grad_ref).sum() > 0
+  np.testing.assert_array_equal(grad, grad_ref)
+
+
+def test_unknown_model_name_and_field():
+  with pytest.raises(ConfigError, match='Unknown model "mpl".*Did you mean "mlp".*cnn, mlp'):
+    build_model(dict(name="mpl"))
+  with pytest.raises(ConfigError, match=r"hiden_sizes.*Did you mean \"hidden_sizes\""):
+    build_model(dict(name="mlp", hiden_sizes=(3,)))
+
+
+def test_unknown_activation_lists_known():
+  model = build_model(dict(name="mlp", activation="relu6x"))
+  with pytest.raises(ConfigError, match="Unknown activation.*relu"):
+    init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+
+
+def test_cnn_too_small_input_names_the_layer():
+  model = build_model(dict(name="cnn", conv_features=(8, 8, 8, 8)))  # 28-26-13-11-5-3-1: no room for conv_3
+  with pytest.raises(ValueError, match="conv_3.*1x1 input is smaller than the 3x3 kernel"):
+    init_variables(model, jax.random.PRNGKey(0), MNIST_X)
