@@ -14,6 +14,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(ValueError):
+  pass
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -35,7 +39,13 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> tup
   """(state, meta) at `step`, shaped like `target_state` (whose values are not used)."""
   target_dict = flax.serialization.to_state_dict(target_state)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointMismatchError(
+        f"The checkpoint at {manager.directory}/{step} does not fit the train state built "
+        f"from this config (model, optimizer or data shape differ): {e}\nUse the config the "
+        "run was trained with (its workdir's config.json), or another --workdir.") from e
   state = flax.serialization.from_state_dict(target_state, restored["state"])
   return state, dict(restored["meta"] or {})

@@ -196,6 +196,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -------------------------------------------------------------- final
   manager.wait_until_finished()
   progress.pause()
+  if not validation and "validation" in setup.splits:  # resumed a finished run
+    validation = setup.evaluate(state, "validation")
   t_eval = time.perf_counter()
   test = setup.evaluate(state, "test")
   eval_seconds += time.perf_counter() - t_eval

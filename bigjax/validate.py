@@ -7,6 +7,7 @@ import os
 from typing import Any, Iterable, Mapping
 
 import ml_collections
+import numpy as np
 
 from bigjax.data import PreparedData
 from bigjax.registry import ConfigError
@@ -22,6 +23,12 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
         f"config.train.batch_size={config.train.batch_size} is larger than the "
         f"{n_train} training examples (after holding out validation). Use "
         f"--config.train.batch_size={max(1, n_train // 10)} or more data.")
+  for name, split in data.splits().items():
+    bad = int(split.images.size - np.isfinite(split.images).sum())
+    if bad:
+      raise ConfigError(
+          f"The {name} split has {bad} NaN or infinite pixel values. Clean the data (e.g. "
+          "np.nan_to_num) before training.")
   num_classes = config.model.get("num_classes")
   if num_classes is None:
     return

@@ -157,3 +157,35 @@ def test_resume_under_a_different_config_is_refused(tmp_path):
 def test_eval_of_a_workdir_without_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
     train.evaluate(digits.get_config(), str(tmp_path))
+
+
+def test_nan_pixels_fail_before_training(tmp_path):
+  from bigjax.data import sources
+
+  def nan_digits(data_config):
+    raw = sources.load_digits(data_config)
+    raw.train_images = raw.train_images.astype(np.float32)
+    raw.train_images[3, 2, 2, 0] = np.nan
+    return raw
+
+  if "test_nan_digits" not in sources.SOURCES:
+    sources.register_source("test_nan_digits")(nan_digits)
+  config = digits.get_config()
+  config.data.source = "test_nan_digits"
+  with pytest.raises(ConfigError, match="train split has 1 NaN or infinite"):
+    train.run(config, str(tmp_path))
+
+
+def test_diverging_training_stops_with_a_clear_error(tmp_path):
+  config = _digits_config(num_epochs=1)
+  config.optimizer = dict(name="sgd", learning_rate=1e30)
+  with pytest.raises(FloatingPointError, match="loss became nan.*learning_rate"):
+    train.run(config, str(tmp_path))
+
+
+def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
+  train.run(_digits_config(num_epochs=1), str(tmp_path))
+  wider = _digits_config()
+  wider.model.hidden_sizes = (256,)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+    train.evaluate(wider, str(tmp_path))
