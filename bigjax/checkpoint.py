@@ -25,7 +25,25 @@ def checkpoint_dir(workdir: str) -> str:
 def make_manager(workdir: str, max_to_keep: int | None = 3,
                  create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir), options=options,
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def mismatches(stored: Any, target: Any) -> list[str]:
+  """One line per path that is missing, unexpected, or of another shape."""
+  a, b = _shapes_by_path(stored), _shapes_by_path(target)
+  lines = [f"{p}: in the checkpoint, not in this config's state" for p in sorted(set(a) - set(b))]
+  lines += [f"{p}: in this config's state, not in the checkpoint" for p in sorted(set(b) - set(a))]
+  lines += [f"{p}: checkpoint shape {a[p]}, this config's shape {b[p]}"
+            for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+  return lines
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -39,13 +57,17 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> tup
   """(state, meta) at `step`, shaped like `target_state` (whose values are not used)."""
   target_dict = flax.serialization.to_state_dict(target_state)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, TypeError) as e:
+  # Compare shapes first: a clear list of every mismatched path, instead of Orbax's error
+  # from deep inside an asynchronous read.
+  problems = mismatches(manager.item_metadata(step)["state"], abstract)
+  if problems:
     raise CheckpointMismatchError(
         f"The checkpoint at {manager.directory}/{step} does not fit the train state built "
-        f"from this config (model, optimizer or data shape differ): {e}\nUse the config the "
-        "run was trained with (its workdir's config.json), or another --workdir.") from e
+        "from this config (model, optimizer or data shape differ):\n  "
+        + "\n  ".join(problems)
+        + "\nUse the config the run was trained with (its workdir's config.json), or "
+        "another --workdir.")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   state = flax.serialization.from_state_dict(target_state, restored["state"])
   return state, dict(restored["meta"] or {})

@@ -27,7 +27,8 @@ def _digits_config(**train_overrides):
 def _latest_params(workdir):
   manager = checkpoint.make_manager(workdir, create=False)
   step = manager.latest_step()
-  restored = manager.restore(step)
+  restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardRestore()))
   manager.close()
   return step, restored["state"]["params"]
 
@@ -187,5 +188,9 @@ def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
   train.run(_digits_config(num_epochs=1), str(tmp_path))
   wider = _digits_config()
   wider.model.hidden_sizes = (256,)
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+  with pytest.raises(checkpoint.CheckpointMismatchError) as e:
     train.evaluate(wider, str(tmp_path))
+  message = str(e.value)
+  assert "does not fit" in message
+  assert "['params']['dense_0']['kernel']: checkpoint shape (64, 128), this config's shape (64, 256)" in message
+  assert "['params']['head']['kernel']: checkpoint shape (128, 10)" in message
