@@ -1,17 +1,23 @@
-"""Losses, chosen by `config.loss.name`.
+"""Losses, chosen by `config.loss.name`; other non-None `config.loss` keys are its arguments.
 
-Contract: `loss_fn(outputs_BxC, batch) -> per_example_loss_B`, pure and jittable. The train
-step averages it with `batch["mask"]` (padding) as weights, so a loss never needs to know
-about padding. `batch["label"]` holds integer labels `[B]` or one-hot/soft labels `[B, C]`.
+Contract: `loss_fn(outputs_BxC, batch, **hyperparams) -> per_example_loss_B`, pure and
+jittable. The train step averages it with `batch["mask"]` (padding) times `batch["weight"]`
+(optional per-example weights), so a loss never needs to know about either.
+`batch["label"]` holds integer labels `[B]` or one-hot/soft/multi-hot labels `[B, C]`;
+regression losses read `batch["target"]` when present.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax.registry import Registry
+from bigjax.registry import ConfigError, Registry, check_arguments
 
 LOSSES = Registry("loss")
 register_loss = LOSSES.register
@@ -25,13 +31,37 @@ def _targets_like(outputs_BxC: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @register_loss("softmax_cross_entropy")
-def softmax_cross_entropy(logits_BxC: jax.Array, batch: dict) -> jax.Array:
-  """-log softmax(logits)[label], computed in float32 whatever the compute dtype."""
+def softmax_cross_entropy(logits_BxC: jax.Array, batch: dict,
+                          label_smoothing: float = 0.0) -> jax.Array:
+  """-sum(targets * log softmax(logits)), in float32 whatever the compute dtype.
+
+  With label smoothing a, targets = (1 - a) * one_hot + a / C.
+  """
   logits = logits_BxC.astype(jnp.float32)
   labels = batch["label"]
-  if labels.ndim == logits.ndim:
-    return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32))
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if labels.ndim != logits.ndim and not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = _targets_like(logits, labels)
+  if label_smoothing:
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+@register_loss("sigmoid_binary_cross_entropy")
+def sigmoid_binary_cross_entropy(logits_BxC: jax.Array, batch: dict) -> jax.Array:
+  """Multi-label: independent sigmoid cross-entropy per class, averaged over classes."""
+  targets = _targets_like(logits_BxC, batch["label"])
+  return optax.sigmoid_binary_cross_entropy(logits_BxC.astype(jnp.float32), targets).mean(-1)
+
+
+@register_loss("multiclass_hinge")
+def multiclass_hinge(logits_BxC: jax.Array, batch: dict, margin: float = 1.0) -> jax.Array:
+  """Crammer-Singer: max(0, margin + max_{j != y} s_j - s_y)."""
+  logits = logits_BxC.astype(jnp.float32)
+  one_hot = _targets_like(logits, batch["label"])
+  correct = (logits * one_hot).sum(-1)
+  best_wrong = jnp.where(one_hot > 0, -jnp.inf, logits).max(-1)
+  return jax.nn.relu(margin + best_wrong - correct)
 
 
 def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
@@ -45,6 +75,41 @@ def mean_squared_error_loss(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
   """MSE between the raw outputs and `batch["target"]`, or the one-hot labels if absent."""
   targets = batch["target"] if "target" in batch else _targets_like(outputs_BxC, batch["label"])
   return mean_squared_error(outputs_BxC, targets)
+
+
+@register_loss("mean_absolute_error")
+def mean_absolute_error_loss(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
+  """MAE between the raw outputs and `batch["target"]`, or the one-hot labels if absent."""
+  targets = batch["target"] if "target" in batch else _targets_like(outputs_BxC, batch["label"])
+  diff = jnp.abs(targets.astype(jnp.float32) - outputs_BxC.astype(jnp.float32))
+  return diff.reshape(diff.shape[0], -1).mean(axis=1)
+
+
+# config.loss keys that configure regularisation (bigjax.optimizers), not the loss function.
+REGULARIZATION_KEYS = ("l1", "l2", "penalty_mask")
+
+
+def build_loss(loss_config: Mapping[str, Any]) -> Callable[[jax.Array, dict], jax.Array]:
+  """The configured loss as `(outputs, batch) -> per-example loss`, arguments checked."""
+  name = loss_config["name"]
+  fn = LOSSES.get(name)
+  kwargs = {k: v for k, v in loss_config.items()
+            if k != "name" and k not in REGULARIZATION_KEYS and v is not None}
+  check_arguments("loss", name, fn, kwargs, "config.loss")
+  try:
+    inspect.signature(fn).bind(None, None, **kwargs)
+  except TypeError as e:
+    raise ConfigError(f'Loss "{name}" cannot be called as loss(outputs, batch'
+                      f'{"".join(", " + k + "=..." for k in kwargs)}): {e}. A loss takes '
+                      "(outputs, batch, **hyperparameters) and returns one value per "
+                      "example.") from e
+  except ValueError:
+    pass  # no introspectable signature
+  if not kwargs:
+    return fn
+  bound = functools.partial(fn, **kwargs)
+  functools.update_wrapper(bound, fn)
+  return bound
 
 
 def weighted_mean(values_B: jax.Array, weights_B: jax.Array | None) -> jax.Array:

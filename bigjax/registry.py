@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Iterable
+import inspect
+from typing import Any, Callable, Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -81,3 +82,28 @@ class Registry:
         f'Unknown {self.kind} "{name}".{did_you_mean(name, self._entries)} '
         f"Known {self.kind}s: {', '.join(self.names())}. "
         'Or name your own as "package.module:attribute".')
+
+
+def accepted_arguments(fn: Callable) -> list[str] | None:
+  """Keyword arguments `fn` accepts, or None when it takes **kwargs or has no signature."""
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return None
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return None
+  return list(params)
+
+
+def check_arguments(kind: str, name: str, fn: Callable, kwargs: Mapping[str, Any],
+                    config_group: str) -> None:
+  """Fails, with a did-you-mean, if `fn` does not take every key of `kwargs`."""
+  accepted = accepted_arguments(fn)
+  if accepted is None:
+    return
+  unknown = [k for k in kwargs if k not in accepted]
+  if unknown:
+    hints = "".join(did_you_mean(k, accepted) for k in unknown)
+    raise ConfigError(
+        f'{config_group} has keys {unknown} that {kind} "{name}" does not take.{hints} '
+        f"It takes: {', '.join(accepted)}.")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from bigjax import metrics as metrics_lib
-from bigjax.losses import weighted_mean
+from bigjax.optimizers import current_learning_rate
 
 LossFn = Callable[[jax.Array, dict], jax.Array]
 
@@ -64,29 +64,78 @@ def _check_loss_shape(per_example: jax.Array, batch_size: int, loss_fn: LossFn) 
         f"example, shape ({batch_size},). Reduce over the other axes inside the loss.")
 
 
-def make_train_step(model: nn.Module, loss_fn: LossFn,
-                    tx: optax.GradientTransformation) -> Callable:
-  """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site."""
+def example_weights(batch: dict) -> jax.Array:
+  """Per-example weights: the padding mask times optional `batch["weight"]`."""
+  weights = jnp.ones(batch["image"].shape[:1], jnp.float32)
+  if "mask" in batch:
+    weights = weights * batch["mask"]
+  if "weight" in batch:
+    weights = weights * batch["weight"]
+  return weights
+
+
+def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    grad_accum_steps: int = 1) -> Callable:
+  """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site.
+
+  With `grad_accum_steps` = k > 1 the batch is split into k micro-batches whose gradients
+  are summed in a scan and divided once by the total weight: the same update as one
+  k-times-larger batch, at the activation memory of one micro-batch.
+  """
+  if grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps must be >= 1; got {grad_accum_steps}.")
+  tx = optax.with_extra_args_support(tx)  # reduce-on-plateau reads the loss as `value`
+
+  def micro_step(params, model_state, batch, rng):
+    """Gradients of the *summed* weighted loss, and sums for the metrics."""
+    def loss_sum_of(params):
+      logits, new_model_state = _apply(model, params, model_state, batch["image"],
+                                       train=True, rng=rng)
+      per_example = loss_fn(logits, batch)
+      _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
+      weights = example_weights(batch)
+      return (per_example * weights).sum(), (logits, new_model_state, weights)
+
+    (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
+        loss_sum_of, has_aux=True)(params)
+    correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
+    return grads, (loss_sum, weights.sum(), correct), new_model_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(state.rng, state.step)
-    mask = batch.get("mask")
+    if grad_accum_steps == 1:
+      grads, sums, new_model_state = micro_step(state.params, state.model_state, batch,
+                                                step_rng)
+    else:
+      size = batch["image"].shape[0]
+      if size % grad_accum_steps:
+        raise ValueError(f"The batch of {size} does not split into grad_accum_steps="
+                         f"{grad_accum_steps} equal micro-batches.")
+      micro = jax.tree.map(
+          lambda x: x.reshape(grad_accum_steps, size // grad_accum_steps, *x.shape[1:]), batch)
 
-    def loss_of(params):
-      logits, new_model_state = _apply(model, params, state.model_state, batch["image"],
-                                       train=True, rng=step_rng)
-      per_example = loss_fn(logits, batch)
-      _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
-      return weighted_mean(per_example, mask), (logits, new_model_state)
+      def body(carry, inputs):
+        grads_acc, sums_acc, model_state = carry
+        index, micro_batch = inputs
+        grads, sums, model_state = micro_step(state.params, model_state, micro_batch,
+                                              jax.random.fold_in(step_rng, index))
+        return (jax.tree.map(jnp.add, grads_acc, grads),
+                jax.tree.map(jnp.add, sums_acc, sums), model_state), None
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      zeros = (jax.tree.map(jnp.zeros_like, state.params), (jnp.zeros(()),) * 3,
+               state.model_state)
+      (grads, sums, new_model_state), _ = jax.lax.scan(
+          body, zeros, (jnp.arange(grad_accum_steps), micro))
+    loss_sum, weight_sum, correct = sums
+    denominator = jnp.maximum(weight_sum, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)
+    loss = loss_sum / denominator
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=new_model_state)
-    accuracy = weighted_mean(metrics_lib.correct_predictions(logits, batch["label"]), mask)
-    return new_state, {"loss": loss, "accuracy": accuracy}
+    return new_state, {"loss": loss, "accuracy": correct / denominator,
+                       "learning_rate": current_learning_rate(opt_state)}
 
   return train_step
 
@@ -98,8 +147,8 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn) -> Callable:
     logits, _ = _apply(model, state.params, state.model_state, batch["image"], train=False)
     per_example = loss_fn(logits, batch)
     _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
-    mask = batch.get("mask", jnp.ones(per_example.shape, jnp.float32))
-    return metrics_lib.summed_metrics(per_example, logits, batch["label"], mask)
+    return metrics_lib.summed_metrics(per_example, logits, batch["label"],
+                                      example_weights(batch))
 
   return eval_step
 

@@ -20,7 +20,7 @@ import numpy as np
 
 import bigjax
 from bigjax import checkpoint, data as data_lib, metrics as metrics_lib, validate
-from bigjax.losses import LOSSES
+from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
 from bigjax.reporting import MetricsLog, Progress, write_json
@@ -43,6 +43,7 @@ class _Setup:
   """Everything built before the loop, shared by training and evaluation."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    # (Schedules need the run's length, so the step count is known before the optimizer.)
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
     self.data = data_lib.load(config.data)
@@ -57,13 +58,16 @@ class _Setup:
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = init_variables(self.model, init_rng, jnp.asarray(self.data.train.images[:1]))
     # ------------------------------------------------------ loss, optimizer
-    self.loss_fn = LOSSES.get(config.loss.name)
-    self.tx = build_optimizer(config.optimizer)
+    self.steps_per_epoch = len(self.data.train) // config.train.batch_size
+    self.total_steps = self.steps_per_epoch * config.train.num_epochs
+    self.loss_fn = build_loss(config.loss)
+    self.tx = build_optimizer(config.optimizer, config.loss, self.total_steps)
     self.initial_state = create_train_state(variables, self.tx, self.train_rng)
     self.num_params = count_params(self.initial_state.params)
     logging.info("model: %s with %s parameters", config.model.name, f"{self.num_params:,}")
     # ------------------------------------------------------ jitted steps
-    train_step = make_train_step(self.model, self.loss_fn, self.tx)
+    train_step = make_train_step(self.model, self.loss_fn, self.tx,
+                                 config.train.grad_accum_steps)
     eval_step = make_eval_step(self.model, self.loss_fn)
 
     # The loop's step gathers its batch from the device-resident split, so the host only
@@ -120,8 +124,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------- restore
   n_train = len(setup.data.train)
   batch_size = config.train.batch_size
-  steps_per_epoch = n_train // batch_size  # the ragged tail of each epoch's order is unused
-  total_steps = steps_per_epoch * config.train.num_epochs
+  steps_per_epoch = setup.steps_per_epoch  # the ragged tail of each epoch's order is unused
+  total_steps = setup.total_steps
   state = setup.initial_state
   resumed_from = manager.latest_step()
   if resumed_from is not None:
@@ -152,6 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return
     fetched = jax.device_get([m for _, m in pending])
     row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    row["learning_rate"] = float(fetched[-1]["learning_rate"])  # the latest, not the mean
     last_step = pending[-1][0]
     pending.clear()
     if not np.isfinite(row["loss"]):
@@ -159,9 +164,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"Training loss became {row['loss']} by step {last_step}. Lower "
           "--config.optimizer.learning_rate, or check the data for NaNs/Infs.")
     log.write({"split": "train", "step": last_step, "epoch": epoch + 1, **row})
-    logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f | %s", epoch + 1,
+    logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f lr %.3g | %s", epoch + 1,
                  config.train.num_epochs, last_step, total_steps, row["loss"],
-                 row["accuracy"], progress.line(last_step))
+                 row["accuracy"], fetched[-1]["learning_rate"], progress.line(last_step))
 
   epoch = step // steps_per_epoch
   while step < total_steps:

@@ -29,6 +29,11 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
       raise ConfigError(
           f"The {name} split has {bad} NaN or infinite pixel values. Clean the data (e.g. "
           "np.nan_to_num) before training.")
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.batch_size % accum:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} does not split into "
+        f"grad_accum_steps={accum} equal micro-batches; use a divisor of the batch size.")
   num_classes = config.model.get("num_classes")
   if num_classes is None:
     return

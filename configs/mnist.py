@@ -13,6 +13,7 @@ see configs/fashion_mnist.py).
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 MODELS = {
     "mlp": dict(name="mlp", hidden_sizes=(128,), activation="relu", dropout_rate=0.0,
@@ -61,11 +62,41 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       max_train_examples=-1,     # >0: use only the first N (small runs)
       max_test_examples=-1,
   )
-  config.loss = dict(name="softmax_cross_entropy")
-  config.optimizer = dict(name="adam", learning_rate=1e-3)
+  config.loss = dict(
+      name="softmax_cross_entropy",  # | multiclass_hinge | sigmoid_binary_cross_entropy |
+                                     #   mean_squared_error | mean_absolute_error | "pkg.mod:fn"
+      label_smoothing=placeholder(float),  # softmax_cross_entropy only; None = 0
+      l1=0.0,                        # + l1 * sum|w| over params matching penalty_mask
+      l2=0.0,                        # + l2 * sum w^2 over the same
+      penalty_mask="kernel",         # regex on '/'-joined param paths: kernels, not biases
+  )
+  config.optimizer = dict(
+      name="adam",        # sgd momentum nesterov adam adamw rmsprop adagrad adafactor lamb lion
+      learning_rate=1e-3,
+      # The optimizer's own hyperparameters; None = its default. Setting one that the chosen
+      # optimizer does not take is an error.
+      b1=placeholder(float), b2=placeholder(float), eps=placeholder(float),
+      momentum=placeholder(float), nesterov=placeholder(bool), decay=placeholder(float),
+      weight_decay=0.0,              # decoupled (AdamW-style, scaled by the learning rate)
+      weight_decay_mask="kernel",    # regex on param paths
+      clip_norm=0.0,                 # global-norm gradient clipping; 0 = off
+      schedule=dict(
+          name="constant",   # constant cosine linear exponential piecewise reduce_on_plateau
+          warmup_steps=0,    # linear warmup from 0 before the schedule
+          decay_steps=0,     # cosine/linear: steps to decay over; 0 = to the end of training
+          end_factor=0.0,    # cosine/linear: final multiplier of learning_rate
+          decay_rate=0.5,    # exponential: multiplier per transition_steps
+          transition_steps=1000,
+          boundaries=(),     # piecewise: steps at which to multiply ...
+          boundary_scales=(),  # ... by these factors
+          plateau_factor=0.5, plateau_patience=5, plateau_cooldown=0,
+          plateau_accumulation_steps=200,  # reduce_on_plateau: training steps per loss average
+      ),
+  )
   config.train = dict(
       batch_size=BATCH_SIZES[variant],
       num_epochs=5,
+      grad_accum_steps=1,  # >1: split each batch into this many micro-batches (less memory)
       log_every_steps=500,
   )
   config.eval = dict(batch_size=1000)

@@ -116,8 +116,12 @@ def test_config_key_typo_fails_with_did_you_mean(tmp_path):
 
 def test_unknown_names_list_the_known_ones(tmp_path):
   for group, key, value, known in [("data", "source", "idxx", "digits, idx, tfds"),
-                                   ("loss", "name", "hinge_loss", "softmax_cross_entropy"),
-                                   ("optimizer", "name", "adamm", "adam, sgd"),
+                                   ("loss", "name", "hinge_loss",
+                                    "mean_absolute_error, mean_squared_error, multiclass_hinge, "
+                                    "sigmoid_binary_cross_entropy, softmax_cross_entropy"),
+                                   ("optimizer", "name", "adamm",
+                                    "adafactor, adagrad, adam, adamw, lamb, lion, momentum, "
+                                    "nesterov, rmsprop, sgd"),
                                    ("model", "name", "resnet9000", "cnn, mlp")]:
     config = digits.get_config()
     config[group][key] = value

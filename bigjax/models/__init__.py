@@ -37,7 +37,7 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
       hints = "".join(did_you_mean(k, fields) for k in unknown)
       raise ConfigError(
           f'config.model has keys {unknown} that model "{name}" does not take.{hints} '
-          f"Its fields: {', '.join(fields)}.")
+          f"It takes: {', '.join(fields)}.")
   # ConfigDict turns tuples into lists; Linen modules want hashable fields.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return cls(**kwargs)
