@@ -107,6 +107,7 @@ def build_optimizer(opt_config: Mapping[str, Any], loss_config: Mapping[str, Any
       decay_regex=opt_config.get("weight_decay_mask", "kernel"),
       **hyperparams)
   static = tuple(k for k, v in values.items() if k != "lr_multiplier" and not _injectable(v))
+  _core(**dict(values, lr_multiplier=1.0))  # a factory that fails, fails now, not at init
 
   # inject_hyperparams binds arguments by the factory's signature: name every one of them.
   def core(**kwargs):
@@ -134,7 +135,7 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
   if not injected:
     return jnp.full((), jnp.nan)
   h = injected[0].hyperparams
-  lr = h["learning_rate"] * h["lr_multiplier"]
+  lr = h.get("learning_rate", jnp.nan) * h.get("lr_multiplier", 1.0)
   for plateau in _find_states(opt_state, optax.contrib.ReduceLROnPlateauState):
     lr = lr * plateau.scale
   return lr

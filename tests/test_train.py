@@ -94,6 +94,31 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed["test_loss"] == straight["test_loss"]
 
 
+def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run_py("--config=configs/digits.py", f"--workdir={workdir}",
+                 "--config.train.num_epochs=3", "--config.train.log_every_steps=10",
+                 "--config.train.grad_accum_steps=4", "--config.optimizer.name=momentum",
+                 "--config.optimizer.learning_rate=0.05", "--config.optimizer.momentum=0.8",
+                 "--config.optimizer.schedule.name=cosine",
+                 "--config.optimizer.schedule.warmup_steps=20",
+                 "--config.optimizer.clip_norm=1.0", "--config.loss.l2=1e-4",
+                 "--config.loss.label_smoothing=0.1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["test_accuracy"] >= 0.85, results
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  logged = {r["step"]: r["learning_rate"] for r in rows if r["split"] == "train"}
+  total = results["steps"]  # 40 steps of 32 per epoch on the 1,294 training digits
+  assert total == 120 and set(logged) >= {10, 20, 50, 100, 120}
+  # The rate the step-s update used: 0.05 x warmup (s-1)/20, then a cosine to 0 at step 120.
+  assert logged[10] == pytest.approx(0.05 * 9 / 20, rel=1e-5)
+  cosine = lambda s: 0.05 * 0.5 * (1 + np.cos(np.pi * (s - 1 - 20) / 100))
+  for s in (50, 100, 120):
+    assert logged[s] == pytest.approx(cosine(s), rel=1e-4, abs=1e-7)
+  assert "lr " in proc.stderr
+
+
 def test_tfds_path_end_to_end_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = mnist.get_config("cnn,small")

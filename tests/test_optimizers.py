@@ -1,0 +1,260 @@
+"""Optimizers, schedules, clipping, regularisation and gradient accumulation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bigjax import losses, regularization, schedules
+from bigjax.models import build_model, init_variables
+from bigjax.optimizers import OPTIMIZERS, build_optimizer, current_learning_rate
+from bigjax.registry import ConfigError
+from bigjax.steps import create_train_state, make_train_step
+from configs import mnist
+
+SCHEDULE_DEFAULTS = dict(mnist.get_config().optimizer.schedule)
+
+
+def _mlp(hidden=(8,)):
+  model = build_model(dict(name="mlp", hidden_sizes=hidden, activation="relu",
+                           dropout_rate=0.0, num_classes=3))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (16, 4, 4, 1))
+  y = jax.random.randint(jax.random.PRNGKey(1), (16,), 0, 3)
+  params = init_variables(model, jax.random.PRNGKey(2), x[:1])["params"]
+  return model, params, {"image": x, "label": y}
+
+
+def _grads(model, params, batch):
+  loss = lambda p: losses.softmax_cross_entropy(model.apply({"params": p}, batch["image"]),
+                                                batch).mean()
+  return jax.grad(loss)(params)
+
+
+def _schedule(total_steps=100, **cfg):
+  return schedules.build_schedule({**SCHEDULE_DEFAULTS, **cfg}, total_steps)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_builds_and_takes_a_finite_step(name):
+  model, params, batch = _mlp()
+  tx = build_optimizer({"name": name, "learning_rate": 1e-2})
+  updates, _ = jax.jit(tx.update)(_grads(model, params, batch), tx.init(params), params)
+  changed = [float(jnp.abs(u).max()) for u in jax.tree.leaves(updates)]
+  assert all(np.isfinite(changed)) and max(changed) > 0, (name, changed)
+
+
+def test_optimizer_hyperparameters_reach_the_optimizer():
+  model, params, batch = _mlp()
+  grads = _grads(model, params, batch)
+  ours = build_optimizer({"name": "sgd", "learning_rate": 0.1, "momentum": 0.5})
+  reference = optax.sgd(0.1, momentum=0.5)
+  s, r = ours.init(params), reference.init(params)
+  for _ in range(3):
+    u, s = ours.update(grads, s, params)
+    v, r = reference.update(grads, r, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, v)
+
+
+def test_adam_with_weight_decay_equals_optax_adamw():
+  model, params, batch = _mlp()
+  grads = _grads(model, params, batch)
+  mask = regularization.path_mask(params, "kernel")
+  reference = optax.adamw(3e-3, weight_decay=0.1, mask=mask)
+  for name in ("adam", "adamw"):
+    ours = build_optimizer({"name": name, "learning_rate": 3e-3, "weight_decay": 0.1})
+    p, q, s, r = params, params, ours.init(params), reference.init(params)
+    for _ in range(3):
+      u, s = ours.update(grads, s, p)
+      v, r = reference.update(grads, r, q)
+      p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p, q)
+    assert not np.allclose(p["dense_0"]["kernel"], params["dense_0"]["kernel"])
+
+
+def test_penalty_mask_is_kernels_only():
+  _, params, _ = _mlp(hidden=(8, 5))
+  assert regularization.path_mask(params, "kernel") == {
+      "dense_0": {"kernel": True, "bias": False},
+      "dense_1": {"kernel": True, "bias": False},
+      "head": {"kernel": True, "bias": False}}
+  assert regularization.path_mask(params, "^head/") == {
+      "dense_0": {"kernel": False, "bias": False},
+      "dense_1": {"kernel": False, "bias": False},
+      "head": {"kernel": True, "bias": True}}
+
+
+def test_penalty_gradient_is_the_gradient_of_the_penalty():
+  _, params, _ = _mlp()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  added, _ = regularization.add_penalty_gradient(0.01, 0.3, "kernel").update(zeros, None, params)
+  expected = jax.grad(lambda p: regularization.penalty(p, 0.01, 0.3, "kernel"))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), added, expected)
+  assert float(jnp.abs(added["head"]["bias"]).max()) == 0.0  # biases are not penalised
+  hand = 0.01 * jnp.abs(params["head"]["kernel"]).sum() + 0.3 * jnp.square(
+      params["head"]["kernel"]).sum()
+  head_only = regularization.penalty(params, 0.01, 0.3, "^head/kernel")
+  assert float(head_only) == pytest.approx(float(hand), rel=1e-6)
+
+
+def test_l2_through_the_optimizer_equals_sgd_on_loss_plus_penalty():
+  model, params, batch = _mlp()
+  loss = lambda p: (losses.softmax_cross_entropy(model.apply({"params": p}, batch["image"]),
+                                                 batch).mean()
+                    + regularization.penalty(p, 0.0, 0.05, "kernel"))
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.1}, {"l2": 0.05})
+  updates, _ = tx.update(_grads(model, params, batch), tx.init(params), params)
+  expected = jax.tree.map(lambda g: -0.1 * g, jax.grad(loss)(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+               updates, expected)
+
+
+def _norm(tree):
+  return jnp.sqrt(sum(jnp.square(x).sum() for x in jax.tree.leaves(tree)))
+
+
+def test_clipping_bounds_the_global_norm_and_zero_turns_it_off():
+  model, params, batch = _mlp()
+  grads = jax.tree.map(lambda g: 100.0 * g, _grads(model, params, batch))
+  clipped = build_optimizer({"name": "sgd", "learning_rate": 1.0, "clip_norm": 0.5})
+  updates, _ = clipped.update(grads, clipped.init(params), params)
+  assert float(_norm(updates)) == pytest.approx(0.5, rel=1e-5)
+  free = build_optimizer({"name": "sgd", "learning_rate": 1.0, "clip_norm": 0.0})
+  updates, _ = free.update(grads, free.init(params), params)
+  assert float(_norm(updates)) == pytest.approx(
+      float(_norm(grads)), rel=1e-5)
+
+
+@pytest.mark.parametrize("cfg,total,expected", [
+    (dict(name="constant"), 100, {0: 1.0, 50: 1.0, 1000: 1.0}),
+    (dict(name="cosine"), 100, {0: 1.0, 50: 0.5, 100: 0.0}),
+    (dict(name="cosine", end_factor=0.1), 100, {0: 1.0, 50: 0.55, 100: 0.1}),
+    (dict(name="cosine", decay_steps=20), 100, {10: 0.5, 20: 0.0, 90: 0.0}),
+    (dict(name="linear"), 100, {0: 1.0, 25: 0.75, 100: 0.0, 200: 0.0}),
+    (dict(name="exponential", decay_rate=0.5, transition_steps=10), 100,
+     {0: 1.0, 5: 0.5 ** 0.5, 10: 0.5, 20: 0.25}),
+    (dict(name="piecewise", boundaries=(30, 60), boundary_scales=(0.1, 0.5)), 100,
+     {0: 1.0, 29: 1.0, 30: 0.1, 59: 0.1, 60: 0.05, 99: 0.05}),
+    # warmup from 0 over 10 steps, then cosine over the 100 steps left
+    (dict(name="cosine", warmup_steps=10), 110, {0: 0.0, 5: 0.5, 10: 1.0, 60: 0.5, 110: 0.0}),
+    (dict(name="constant", warmup_steps=4), 100, {0: 0.0, 1: 0.25, 3: 0.75, 4: 1.0, 50: 1.0}),
+])
+def test_schedule_values_at_chosen_steps(cfg, total, expected):
+  values = schedules.values(_schedule(total, **cfg), list(expected))
+  np.testing.assert_allclose(values, list(expected.values()), atol=1e-6)
+
+
+def test_logged_learning_rate_is_the_one_the_update_used():
+  _, params, _ = _mlp()
+  schedule = dict(SCHEDULE_DEFAULTS, name="cosine", warmup_steps=5)
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.2, "schedule": schedule},
+                       total_steps=25)
+  multiplier = _schedule(25, name="cosine", warmup_steps=5)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for step in range(25):
+    updates, state = tx.update(grads, state, params)
+    lr = 0.2 * float(multiplier(step))
+    assert float(current_learning_rate(state)) == pytest.approx(lr, abs=1e-7)
+    # SGD's update is -lr * grad, so the update itself shows the rate used.
+    assert float(updates["head"]["bias"][0]) == pytest.approx(-lr, abs=1e-7)
+
+
+def test_reduce_on_plateau_lowers_the_rate_when_the_loss_stalls():
+  _, params, _ = _mlp()
+  schedule = dict(SCHEDULE_DEFAULTS, name="reduce_on_plateau", plateau_factor=0.5,
+                  plateau_patience=2, plateau_accumulation_steps=1)
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.1, "schedule": schedule})
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  rates = []
+  for loss in [5.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]:
+    _, state = tx.update(grads, state, params, value=jnp.asarray(loss))
+    rates.append(round(float(current_learning_rate(state)), 6))
+  # Improving until the third value; the scale halves after `patience` values without
+  # improvement, and again after `patience` more.
+  assert rates == [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125]
+
+
+def test_unknown_schedule_and_bad_schedule_arguments():
+  with pytest.raises(ConfigError, match=r'Unknown schedule "cosin".*Did you mean "cosine".*'
+                                        r"piecewise"):
+    _schedule(name="cosin")
+  with pytest.raises(ConfigError, match="as many boundary_scales as boundaries"):
+    _schedule(name="piecewise", boundaries=(10, 20), boundary_scales=(0.1,))
+
+
+def test_optimizer_key_the_optimizer_does_not_take():
+  with pytest.raises(ConfigError, match=r"\['momentum'\] that optimizer \"adam\" does not take"
+                                        r".*It takes: learning_rate, b1"):
+    build_optimizer({"name": "adam", "learning_rate": 1e-3, "momentum": 0.9})
+
+
+def test_user_optimizer_must_return_a_gradient_transformation():
+  OPTIMIZERS.register("broken_for_test", overwrite=True)(lambda learning_rate: "not optax")
+  with pytest.raises(ConfigError, match="returned str, not an optax.GradientTransformation"):
+    build_optimizer({"name": "broken_for_test", "learning_rate": 1e-3})
+
+
+def _lowered_train_step(model, params, batch, opt_config, loss_config):
+  tx = build_optimizer(opt_config, loss_config, total_steps=100)
+  state = create_train_state({"params": params}, tx, jax.random.PRNGKey(0))
+  step = make_train_step(model, losses.softmax_cross_entropy, tx)
+  return jax.jit(step).lower(state, batch).as_text()
+
+
+def test_overriding_hyperparameters_never_changes_the_compiled_step():
+  model, params, batch = _mlp()
+  base_opt = {"name": "adam", "learning_rate": 1e-3, "weight_decay": 0.0, "clip_norm": 0.0,
+              "b1": 0.9}
+  base_loss = {"l1": 0.0, "l2": 0.0}
+  reference = _lowered_train_step(model, params, batch, base_opt, base_loss)
+  for opt_change, loss_change in [({"learning_rate": 0.3}, {}), ({"weight_decay": 0.01}, {}),
+                                  ({"clip_norm": 1.0}, {}), ({"b1": 0.5}, {}),
+                                  ({}, {"l1": 1e-4}), ({}, {"l2": 1e-3})]:
+    text = _lowered_train_step(model, params, batch, {**base_opt, **opt_change},
+                               {**base_loss, **loss_change})
+    assert text == reference, (opt_change, loss_change)
+  # ...while a structural change does show in the compiled step (the comparison can fail).
+  assert _lowered_train_step(model, params, batch, {**base_opt, "name": "sgd"},
+                             base_loss) != reference
+
+
+def _train(model, params, batch, grad_accum_steps, steps=3):
+  tx = build_optimizer({"name": "adam", "learning_rate": 1e-2, "clip_norm": 1.0})
+  state = create_train_state({"params": params}, tx, jax.random.PRNGKey(0))
+  step = jax.jit(make_train_step(model, losses.softmax_cross_entropy, tx, grad_accum_steps))
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  return state, metrics
+
+
+def test_accumulating_k_micro_batches_equals_one_big_batch():
+  model, params, batch = _mlp()
+  # Padding spread unevenly over the micro-batches: the mean must still be over real examples.
+  batch = dict(batch, mask=jnp.array([1.0] * 10 + [0.0] * 6),
+               weight=jnp.linspace(0.5, 2.0, 16))
+  big, big_metrics = _train(model, params, batch, grad_accum_steps=1)
+  for k in (2, 4):
+    small, small_metrics = _train(model, params, batch, grad_accum_steps=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+                 small.params, big.params)
+    for key in ("loss", "accuracy"):
+      assert float(small_metrics[key]) == pytest.approx(float(big_metrics[key]), rel=1e-5)
+
+
+def test_padding_and_weights_in_the_train_step():
+  model, params, batch = _mlp()
+  padded = dict(batch, mask=jnp.array([1.0] * 12 + [0.0] * 4))
+  trimmed = jax.tree.map(lambda x: x[:12], batch)
+  a, _ = _train(model, params, padded, 1, steps=1)
+  b, _ = _train(model, params, trimmed, 1, steps=1)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+               a.params, b.params)
+  # A weight of 2 on an example is the same as showing it twice.
+  doubled = dict(batch, weight=jnp.array([2.0] + [1.0] * 15))
+  repeated = jax.tree.map(lambda x: jnp.concatenate([x[:1], x]), batch)
+  c, _ = _train(model, params, doubled, 1, steps=1)
+  d, _ = _train(model, params, repeated, 1, steps=1)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+               c.params, d.params)
