@@ -66,6 +66,10 @@ class Registry:
       return obj
     return add
 
+  def unregister(self, name: str) -> None:
+    """Removes `name` (e.g. a test's or a notebook cell's temporary entry)."""
+    self._entries.pop(name, None)
+
   def names(self) -> list[str]:
     return sorted(self._entries)
 
@@ -99,8 +103,13 @@ def check_arguments(kind: str, name: str, fn: Callable, kwargs: Mapping[str, Any
                     config_group: str) -> None:
   """Fails, with a did-you-mean, if `fn` does not take every key of `kwargs`."""
   accepted = accepted_arguments(fn)
-  if accepted is None:
-    return
+  if accepted is not None:
+    check_keys(kind, name, accepted, kwargs, config_group)
+
+
+def check_keys(kind: str, name: str, accepted: list[str], kwargs: Mapping[str, Any],
+               config_group: str) -> None:
+  """Fails, with a did-you-mean, if any key of `kwargs` is not in `accepted`."""
   unknown = [k for k in kwargs if k not in accepted]
   if unknown:
     hints = "".join(did_you_mean(k, accepted) for k in unknown)

@@ -165,9 +165,12 @@ def test_loss_with_wrong_signature_fails_when_built():
     return outputs.sum(-1)
 
   losses.register_loss("needs_three_for_test", overwrite=True)(needs_three)
-  with pytest.raises(ConfigError, match=r'Loss "needs_three_for_test" cannot be called.*'
-                                        r"temperature"):
-    losses.build_loss({"name": "needs_three_for_test"})
+  try:
+    with pytest.raises(ConfigError, match=r'Loss "needs_three_for_test" cannot be called.*'
+                                          r"temperature"):
+      losses.build_loss({"name": "needs_three_for_test"})
+  finally:
+    losses.LOSSES.unregister("needs_three_for_test")
   with pytest.raises(ConfigError, match=r"\['margn'\].*Did you mean \"margin\""):
     losses.build_loss({"name": "multiclass_hinge", "margn": 2.0})
 

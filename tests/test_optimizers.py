@@ -192,8 +192,11 @@ def test_optimizer_key_the_optimizer_does_not_take():
 
 def test_user_optimizer_must_return_a_gradient_transformation():
   OPTIMIZERS.register("broken_for_test", overwrite=True)(lambda learning_rate: "not optax")
-  with pytest.raises(ConfigError, match="returned str, not an optax.GradientTransformation"):
-    build_optimizer({"name": "broken_for_test", "learning_rate": 1e-3})
+  try:
+    with pytest.raises(ConfigError, match="returned str, not an optax.GradientTransformation"):
+      build_optimizer({"name": "broken_for_test", "learning_rate": 1e-3})
+  finally:
+    OPTIMIZERS.unregister("broken_for_test")
 
 
 def _lowered_train_step(model, params, batch, opt_config, loss_config):
@@ -216,7 +219,7 @@ def test_overriding_hyperparameters_never_changes_the_compiled_step():
                                {**base_loss, **loss_change})
     assert text == reference, (opt_change, loss_change)
   # ...while a structural change does show in the compiled step (the comparison can fail).
-  assert _lowered_train_step(model, params, batch, {**base_opt, "name": "sgd"},
+  assert _lowered_train_step(model, params, batch, {**base_opt, "name": "lion"},
                              base_loss) != reference
 
 

@@ -49,3 +49,30 @@ def test_squared_hinge_from_readme_matches_hand_computation(tmp_path):
   logits = jnp.array([[2.0, 1.5, -1.0]])
   # label 0: max(0, 1 + 1.5 - 2)^2 + max(0, 1 - 1 - 2)^2 = 0.25 + 0
   assert float(parts.squared_hinge(logits, {"label": jnp.array([0])})[0]) == 0.25
+
+
+def test_readme_registered_focal_loss_trains_and_reduces_to_cross_entropy(tmp_path):
+  import importlib.util
+  import jax.numpy as jnp
+  import numpy as np
+  from bigjax import losses, train
+  from configs import digits
+  code = _readme_python_blocks()["myproject/focal.py"]
+  (tmp_path / "focal.py").write_text(code)
+  spec = importlib.util.spec_from_file_location("readme_focal", tmp_path / "focal.py")
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)  # registers "focal"
+    logits, batch = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]), {"label": jnp.array([0, 2])}
+    cross_entropy = losses.softmax_cross_entropy(logits, batch)
+    np.testing.assert_allclose(module.focal_loss(logits, batch, gamma=0.0), cross_entropy,
+                               rtol=1e-6)
+    assert bool(jnp.all(module.focal_loss(logits, batch) < cross_entropy))
+    config = digits.get_config()
+    with config.unlocked():
+      config.loss = dict(name="focal", gamma=2.0)
+      config.train.num_epochs = 5
+    results = train.run(config, str(tmp_path / "run"))
+    assert results["test_accuracy"] > 0.85, results
+  finally:
+    losses.LOSSES.unregister("focal")

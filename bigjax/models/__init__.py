@@ -12,7 +12,7 @@ import jax
 
 from bigjax.models.cnn import CNN
 from bigjax.models.mlp import MLP
-from bigjax.registry import ConfigError, Registry, did_you_mean
+from bigjax.registry import Registry, check_keys
 
 MODELS = Registry("model")
 MODELS.register("mlp")(MLP)
@@ -31,13 +31,7 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
   name = kwargs.pop("name")
   cls = MODELS.get(name)
   if dataclasses.is_dataclass(cls):
-    fields = _module_fields(cls)
-    unknown = [k for k in kwargs if k not in fields]
-    if unknown:
-      hints = "".join(did_you_mean(k, fields) for k in unknown)
-      raise ConfigError(
-          f'config.model has keys {unknown} that model "{name}" does not take.{hints} '
-          f"It takes: {', '.join(fields)}.")
+    check_keys("model", name, _module_fields(cls), kwargs, "config.model")
   # ConfigDict turns tuples into lists; Linen modules want hashable fields.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return cls(**kwargs)
