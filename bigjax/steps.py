@@ -153,6 +153,17 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn) -> Callable:
   return eval_step
 
 
+def scan_steps(step_on_indices: Callable) -> Callable:
+  """`(state, images, labels, indices [k, B]) -> (state, metrics stacked [k])`: k train
+  steps in one compiled call. The same maths as k calls, with one dispatch instead of k:
+  on a CPU the per-call overhead is a large part of a small network's step.
+  """
+  def many(state, images, labels, indices_KxB):
+    return jax.lax.scan(lambda s, idx: step_on_indices(s, images, labels, idx), state,
+                        indices_KxB)
+  return many
+
+
 def gather_batch(images: jax.Array, labels: jax.Array, indices: jax.Array,
                  mask: jax.Array | None = None) -> dict:
   """A batch gathered on the device from a device-resident split."""

@@ -25,13 +25,14 @@ from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
 from bigjax.reporting import MetricsLog, Progress, write_json
 from bigjax.steps import (TrainState, count_params, create_train_state, gather_batch,
-                          make_eval_step, make_train_step)
+                          make_eval_step, make_train_step, scan_steps)
 
 logging = py_logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without
 # config.checkpoint.allow_config_change (they change how long or how verbosely it runs).
-RESUMABLE_CHANGES = ("train.num_epochs", "train.log_every_steps", "eval.batch_size",
+RESUMABLE_CHANGES = ("train.num_epochs", "train.log_every_steps", "train.steps_per_call",
+                     "eval.batch_size",
                      "checkpoint.allow_config_change", "checkpoint.max_to_keep")
 
 
@@ -79,6 +80,8 @@ class _Setup:
       return eval_step(state, gather_batch(images, labels, indices, mask))
 
     self.train_on_indices = jax.jit(train_on_indices, donate_argnums=0)
+    self.steps_per_call = config.train.get("steps_per_call", 1)
+    self.train_many_on_indices = jax.jit(scan_steps(train_on_indices), donate_argnums=0)
     self.eval_on_indices = jax.jit(eval_on_indices)
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
     self.eval_batch_size = min(config.eval.batch_size, largest)
@@ -134,18 +137,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state.step)
 
   # ------------------------------------------------------------ compile
-  t_compile = time.perf_counter()
-  example_idx = np.zeros(batch_size, np.int32)
   train_images, train_labels = setup.splits["train"]
-  train_fn = setup.train_on_indices.lower(state, train_images, train_labels,
-                                          example_idx).compile()
-  compile_seconds = time.perf_counter() - t_compile
-  logging.info("train step compiled in %.2f s; %d steps per epoch of %d, batch %d",
-               compile_seconds, steps_per_epoch, n_train, batch_size)
+  k = setup.steps_per_call
+  compiled: dict = {}
+  compile_seconds = 0.0
+  # Shapes only: the live state's buffers are donated to each call, so lower from these.
+  state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=x.sharding), state)
+
+  def compiled_step(steps: int):
+    """The train function for `steps` steps per call, compiled on first use: with k > 1,
+    the one-step function is only needed when an epoch or log interval is not a multiple
+    of k, and compiling it anyway would cost as much as a second of a short run."""
+    nonlocal compile_seconds
+    if steps not in compiled:
+      t_compile = time.perf_counter()
+      fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
+                   (setup.train_many_on_indices, (steps, batch_size)))
+      compiled[steps] = fn.lower(state_spec, train_images, train_labels,
+                                 np.zeros(shape, np.int32)).compile()
+      compile_seconds += time.perf_counter() - t_compile
+    return compiled[steps]
+
+  compiled_step(k)
+  logging.info("train step compiled in %.2f s; %d steps per epoch of %d, batch %d%s",
+               compile_seconds, steps_per_epoch, n_train, batch_size,
+               f", {k} steps per call" if k > 1 else "")
 
   # --------------------------------------------------------------- loop
   progress = Progress(total_steps, batch_size)
   pending: list[tuple[int, dict]] = []  # device metrics, fetched at log time, not per step
+  log_every = config.train.log_every_steps
   train_seconds = compile_seconds
   eval_seconds = 0.0
   validation: dict = {}
@@ -154,9 +176,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def flush_train_metrics(epoch: int) -> None:
     if not pending:
       return
-    fetched = jax.device_get([m for _, m in pending])
-    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    row["learning_rate"] = float(fetched[-1]["learning_rate"])  # the latest, not the mean
+    fetched = jax.device_get([m for _, m in pending])  # scalars, or [k] from a k-step call
+    per_step = {key: np.concatenate([np.ravel(m[key]) for m in fetched])
+                for key in fetched[0]}
+    row = {key: float(values.mean()) for key, values in per_step.items()}
+    row["learning_rate"] = float(per_step["learning_rate"][-1])  # the latest, not the mean
     last_step = pending[-1][0]
     pending.clear()
     if not np.isfinite(row["loss"]):
@@ -166,20 +190,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.write({"split": "train", "step": last_step, "epoch": epoch + 1, **row})
     logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f lr %.3g | %s", epoch + 1,
                  config.train.num_epochs, last_step, total_steps, row["loss"],
-                 row["accuracy"], fetched[-1]["learning_rate"], progress.line(last_step))
+                 row["accuracy"], row["learning_rate"], progress.line(last_step))
 
   epoch = step // steps_per_epoch
   while step < total_steps:
     order = data_lib.epoch_permutation(config.seed, epoch, n_train)
-    for i in range(step % steps_per_epoch, steps_per_epoch):
-      state, step_metrics = train_fn(state, train_images, train_labels,
-                                     order[i * batch_size:(i + 1) * batch_size])
-      step += 1
+    i = step % steps_per_epoch
+    while i < steps_per_epoch:
+      # k steps per call, but never across an epoch end or a logging step, so outputs
+      # and checkpoints are the same whatever steps_per_call is.
+      n = min(k, steps_per_epoch - i, log_every - step % log_every)
+      indices = order[i * batch_size:(i + n) * batch_size]
+      if n == k > 1:
+        state, step_metrics = compiled_step(k)(state, train_images, train_labels,
+                                               indices.reshape(k, batch_size))
+      else:
+        n = 1
+        state, step_metrics = compiled_step(1)(state, train_images, train_labels,
+                                               indices[:batch_size])
+      step += n
+      i += n
       pending.append((step, step_metrics))
       if not progress.started:
-        jax.block_until_ready(state.step)  # the first step's time is not steady-state
+        jax.block_until_ready(state.step)  # the first call's time is not steady-state
         progress.start(step)
-      if step % config.train.log_every_steps == 0:
+      if step % log_every == 0:
         flush_train_metrics(epoch)
     # ---------------------------------------------------- end of epoch
     flush_train_metrics(epoch)

@@ -34,6 +34,10 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
     raise ConfigError(
         f"config.train.batch_size={config.train.batch_size} does not split into "
         f"grad_accum_steps={accum} equal micro-batches; use a divisor of the batch size.")
+  steps_per_call = config.train.get("steps_per_call", 1)
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise ConfigError(f"config.train.steps_per_call={steps_per_call!r}: use a whole number "
+                      ">= 1 (train steps per compiled call; 1 = one step per call).")
   num_classes = config.model.get("num_classes")
   if num_classes is None:
     return

@@ -28,6 +28,10 @@ MODELS = {
 }
 # Batch sizes of the lessons: 32 for the first MLP, 64 for the deeper ones and the CNN.
 BATCH_SIZES = {"mlp": 32, "mlp2": 64, "mlp3": 64, "cnn": 64}
+# Train steps per compiled call (a scan): 1.26-1.56x faster MLP steps on a 2-core CPU, where
+# the per-call overhead is a large part of a small step. 1 for convolutions, which XLA:CPU
+# runs 8x slower inside a scan (jax-ml/jax#12868). bench/steps_per_call.py measures both.
+STEPS_PER_CALL = {"mlp": 10, "mlp2": 10, "mlp3": 10, "cnn": 1}
 
 
 def parse_arg(arg: str | None) -> tuple[str, bool]:
@@ -97,6 +101,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       batch_size=BATCH_SIZES[variant],
       num_epochs=5,
       grad_accum_steps=1,  # >1: split each batch into this many micro-batches (less memory)
+      steps_per_call=STEPS_PER_CALL[variant],  # same results for any value; speed only
       log_every_steps=500,
   )
   config.eval = dict(batch_size=1000)

@@ -98,3 +98,21 @@ def test_loss_with_wrong_shape_fails_at_trace_with_expected_shape():
   bad_loss = lambda logits, batch: jnp.mean(logits)
   with pytest.raises(ValueError, match=r"returned shape \(\).*shape \(16,\)"):
     jax.jit(make_train_step(model, bad_loss, tx))(state, batch)
+
+
+def test_scan_of_k_steps_equals_k_separate_steps():
+  from bigjax.steps import gather_batch, scan_steps
+  model, tx, loss_fn, state, batch = _setup("mlp", batch=64)
+  train_step = make_train_step(model, loss_fn, tx)
+  on_indices = lambda s, x, y, i: train_step(s, gather_batch(x, y, i))
+  indices = jax.random.randint(jax.random.PRNGKey(3), (5, 16), 0, 64)
+  one = jax.jit(on_indices)
+  separate, losses = state, []
+  for i in range(5):
+    separate, m = one(separate, batch["image"], batch["label"], indices[i])
+    losses.append(float(m["loss"]))
+  scanned, stacked = jax.jit(scan_steps(on_indices))(state, batch["image"], batch["label"],
+                                                     indices)
+  assert int(scanned.step) == 5 and stacked["loss"].shape == (5,)
+  np.testing.assert_allclose(stacked["loss"], losses, rtol=1e-6)
+  chex.assert_trees_all_close(scanned.params, separate.params, rtol=1e-6, atol=1e-7)

@@ -119,6 +119,31 @@ def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
   assert "lr " in proc.stderr
 
 
+def test_steps_per_call_changes_speed_not_results(tmp_path):
+  runs = {}
+  for k in (1, 7):  # 7 divides neither the 40 steps of an epoch nor the logging interval
+    config = _digits_config(num_epochs=2, steps_per_call=k, log_every_steps=25)
+    runs[k] = train.run(config, str(tmp_path / str(k)))
+  _, params_1 = _latest_params(str(tmp_path / "1"))
+  _, params_7 = _latest_params(str(tmp_path / "7"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_1, params_7)
+  assert runs[7]["test_accuracy"] == pytest.approx(runs[1]["test_accuracy"], abs=0.003)
+  logged = {}
+  for k in (1, 7):
+    rows = [json.loads(line) for line in (tmp_path / str(k) / "metrics.jsonl").open()]
+    logged[k] = [(r["step"], r["split"]) for r in rows]
+    train_losses = [r["loss"] for r in rows if r["split"] == "train"]
+    logged[k, "loss"] = train_losses
+  assert logged[1] == logged[7]  # same rows at the same steps: 25, 40, 50, 75, 80
+  np.testing.assert_allclose(logged[7, "loss"], logged[1, "loss"], rtol=1e-4)
+
+
+def test_steps_per_call_must_be_positive(tmp_path):
+  with pytest.raises(ConfigError, match="steps_per_call=0"):
+    train.run(_digits_config(steps_per_call=0), str(tmp_path))
+
+
 def test_tfds_path_end_to_end_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = mnist.get_config("cnn,small")
