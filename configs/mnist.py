@@ -26,6 +26,10 @@ MODELS = {
     "cnn": dict(name="cnn", conv_features=(32, 64), kernel_size=3, padding="VALID", pool_size=2,
                 dense_sizes=(64,), activation="relu", dropout_rate=0.0, num_classes=10),
 }
+INITIALIZERS = dict(kernel_init="lecun_normal",  # he_normal xavier_uniform normal:0.05 ...
+                    bias_init="zeros")            # (bigjax/models/initializers.py)
+for _model in MODELS.values():
+  _model.update(INITIALIZERS)
 # Batch sizes of the lessons: 32 for the first MLP, 64 for the deeper ones and the CNN.
 BATCH_SIZES = {"mlp": 32, "mlp2": 64, "mlp3": 64, "cnn": 64}
 # Train steps per compiled call (a scan): 1.26-1.56x faster MLP steps on a 2-core CPU, where

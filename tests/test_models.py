@@ -80,3 +80,67 @@ def test_cnn_too_small_input_names_the_layer():
   model = build_model(dict(name="cnn", conv_features=(8, 8, 8, 8)))  # 28-26-13-11-5-3-1: no room for conv_3
   with pytest.raises(ValueError, match="conv_3.*1x1 input is smaller than the 3x3 kernel"):
     init_variables(model, jax.random.PRNGKey(0), MNIST_X)
+
+
+# --- initialisers --------------------------------------------------------------------------
+
+FAN_IN, FAN_OUT = 400, 600
+
+
+@pytest.mark.parametrize("spec,expected_std", [
+    ("normal:0.05", 0.05),
+    ("truncated_normal:0.05", 0.05 * 0.87962566),  # a unit normal truncated at +-2
+    ("uniform:0.3", 0.3 / np.sqrt(3)),
+    ("xavier_normal", np.sqrt(2 / (FAN_IN + FAN_OUT))),
+    ("glorot_uniform", np.sqrt(2 / (FAN_IN + FAN_OUT))),
+    ("he_normal", np.sqrt(2 / FAN_IN)),
+    ("kaiming_uniform", np.sqrt(2 / FAN_IN)),
+    ("he_normal:0.5", np.sqrt(0.5 * 2 / FAN_IN)),
+    ("lecun_normal", np.sqrt(1 / FAN_IN)),
+    ("lecun_uniform", np.sqrt(1 / FAN_IN)),
+    ("orthogonal", np.sqrt(1 / FAN_OUT)),  # orthonormal rows of length 1 over 600 entries
+])
+def test_initializer_std_matches_its_formula(spec, expected_std):
+  from bigjax.models.initializers import get_initializer
+  kernel = np.asarray(get_initializer(spec)(jax.random.PRNGKey(0), (FAN_IN, FAN_OUT)))
+  assert kernel.std() == pytest.approx(expected_std, rel=0.01), spec
+  assert abs(kernel.mean()) < 0.01 * expected_std + 1e-4
+
+
+def test_orthogonal_zeros_and_ones():
+  from bigjax.models.initializers import get_initializer
+  q = np.asarray(get_initializer("orthogonal:2.0")(jax.random.PRNGKey(0), (64, 64)))
+  np.testing.assert_allclose(q @ q.T, 4.0 * np.eye(64), atol=1e-4)
+  assert not get_initializer("zeros")(jax.random.PRNGKey(0), (3, 3)).any()
+  assert (get_initializer("ones")(jax.random.PRNGKey(0), (3, 3)) == 1).all()
+
+
+def test_model_init_follows_the_config():
+  config = mnist.get_config("mlp")
+  with config.unlocked():
+    config.model.kernel_init = "he_normal"
+    config.model.bias_init = "normal:0.5"
+  variables = init_variables(build_model(config.model), jax.random.PRNGKey(0),
+                             jnp.zeros((1, 28, 28, 1)))
+  kernel = variables["params"]["dense_0"]["kernel"]
+  assert float(kernel.std()) == pytest.approx(np.sqrt(2 / 784), rel=0.02)
+  assert float(variables["params"]["dense_0"]["bias"].std()) == pytest.approx(0.5, rel=0.2)
+  # The default is Flax's own Dense default (LeCun normal, zero bias), draw for draw.
+  from bigjax.models.initializers import get_initializer
+  key = jax.random.PRNGKey(3)
+  np.testing.assert_array_equal(get_initializer("lecun_normal")(key, (784, 128)),
+                                nn.Dense(1).kernel_init(key, (784, 128)))
+
+
+def test_unknown_initializer_lists_known_and_suggests():
+  from bigjax.models.initializers import get_initializer
+  with pytest.raises(ConfigError, match=r'Unknown initializer "he_norml".*Did you mean '
+                                        r'"he_normal".*xavier_uniform'):
+    get_initializer("he_norml")
+  with pytest.raises(ConfigError, match="must be a number"):
+    get_initializer("normal:big")
+  config = mnist.get_config("cnn")
+  with config.unlocked():
+    config.model.kernel_init = "xavier"
+  with pytest.raises(ConfigError, match='Unknown initializer "xavier"'):
+    init_variables(build_model(config.model), jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))

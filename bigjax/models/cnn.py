@@ -7,6 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from bigjax.models.initializers import get_initializer
 from bigjax.models.layers import ACTIVATIONS, max_pool
 
 
@@ -20,10 +21,14 @@ class CNN(nn.Module):
   num_classes: int = 10
   activation: str = "relu"
   dropout_rate: float = 0.0
+  kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
+  bias_init: str = "zeros"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
     act = ACTIVATIONS.get(self.activation)
+    inits = dict(kernel_init=get_initializer(self.kernel_init),
+                 bias_init=get_initializer(self.bias_init))
     x = x_BxHxWxC
     for i, features in enumerate(self.conv_features):
       h, w = x.shape[1:3]
@@ -32,13 +37,13 @@ class CNN(nn.Module):
             f"CNN conv_{i}: its {h}x{w} input is smaller than the {self.kernel_size}x"
             f"{self.kernel_size} kernel. Use fewer conv layers, padding='SAME' or larger images.")
       x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
-                  name=f"conv_{i}")(x)
+                  name=f"conv_{i}", **inits)(x)
       x = act(x)
       if self.pool_size > 1:
         x = max_pool(x, self.pool_size)
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.dense_sizes):
-      x = act(nn.Dense(width, name=f"dense_{i}")(x))
+      x = act(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, name="head", **inits)(x)

@@ -7,6 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from bigjax.models.initializers import get_initializer
 from bigjax.models.layers import ACTIVATIONS
 
 
@@ -16,13 +17,17 @@ class MLP(nn.Module):
   num_classes: int = 10
   activation: str = "relu"
   dropout_rate: float = 0.0
+  kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
+  bias_init: str = "zeros"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     act = ACTIVATIONS.get(self.activation)
+    inits = dict(kernel_init=get_initializer(self.kernel_init),
+                 bias_init=get_initializer(self.bias_init))
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_sizes):
-      x = act(nn.Dense(width, name=f"dense_{i}")(x))
+      x = act(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, name="head", **inits)(x)
