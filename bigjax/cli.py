@@ -39,5 +39,12 @@ def main(flag_values: flags.FlagValues) -> None:
     if config is None:
       raise flags.ValidationError("--mode=train needs --config=configs/<name>.py.")
     train.run(config, workdir)
+  elif flag_values.mode == "summary":
+    if config is None:
+      raise flags.ValidationError("--mode=summary needs --config=configs/<name>.py.")
+    from bigjax import summary
+    text = summary.write(summary.report_for_config(config), workdir, title=config_path)
+    print(text)
+    logging.info("summary written to %s/summary.md and summary.json", workdir)
   elif flag_values.mode == "eval":
     train.evaluate(config if config is not None else train.load_run_config(workdir), workdir)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, max_pool
+from bigjax.models.layers import ACTIVATIONS, Activation, Flatten, MaxPool
 
 
 class CNN(nn.Module):
@@ -26,7 +26,7 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
-    act = ACTIVATIONS.get(self.activation)
+    ACTIVATIONS.get(self.activation)  # an unknown name fails here, listing the known ones
     inits = dict(kernel_init=get_initializer(self.kernel_init),
                  bias_init=get_initializer(self.bias_init))
     x = x_BxHxWxC
@@ -38,12 +38,12 @@ class CNN(nn.Module):
             f"{self.kernel_size} kernel. Use fewer conv layers, padding='SAME' or larger images.")
       x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
                   name=f"conv_{i}", **inits)(x)
-      x = act(x)
+      x = Activation(self.activation)(x)
       if self.pool_size > 1:
-        x = max_pool(x, self.pool_size)
-    x = x.reshape((x.shape[0], -1))
+        x = MaxPool(self.pool_size)(x)
+    x = Flatten()(x)
     for i, width in enumerate(self.dense_sizes):
-      x = act(nn.Dense(width, name=f"dense_{i}", **inits)(x))
+      x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **inits)(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -35,3 +36,30 @@ def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
   x = x_BxHxWxC[:, :ho * window, :wo * window, :]
   x = x.reshape(b, ho, window, wo, window, c)
   return x.max(axis=(2, 4))
+
+
+# Parameter-free layers as modules, so the summary report (bigjax.summary) lists them with
+# their shapes; they add nothing to the parameter tree.
+
+
+class Activation(nn.Module):
+  """An activation from ACTIVATIONS, by name."""
+  kind: str = "relu"
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return ACTIVATIONS.get(self.kind)(x)
+
+
+class MaxPool(nn.Module):
+  """Non-overlapping max pooling (see `max_pool`)."""
+  window: int = 2
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return max_pool(x, self.window)
+
+
+class Flatten(nn.Module):
+  """[B, ...] -> [B, features]."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x.reshape((x.shape[0], -1))

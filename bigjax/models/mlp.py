@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS
+from bigjax.models.layers import ACTIVATIONS, Activation, Flatten
 
 
 class MLP(nn.Module):
@@ -22,12 +22,12 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    act = ACTIVATIONS.get(self.activation)
+    ACTIVATIONS.get(self.activation)  # an unknown name fails here, listing the known ones
     inits = dict(kernel_init=get_initializer(self.kernel_init),
                  bias_init=get_initializer(self.bias_init))
-    x = x.reshape((x.shape[0], -1))
+    x = Flatten()(x)
     for i, width in enumerate(self.hidden_sizes):
-      x = act(nn.Dense(width, name=f"dense_{i}", **inits)(x))
+      x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **inits)(x)

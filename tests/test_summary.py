@@ -1,0 +1,94 @@
+"""The depth and parameter report (bigjax.summary, run.py --mode=summary)."""
+
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bigjax import summary
+from bigjax.models import build_model, init_variables
+from configs import mnist
+
+from conftest import REPO_ROOT
+
+
+def _report(variant):
+  model = build_model(mnist.get_config(variant).model)
+  x = jnp.zeros((1, 28, 28, 1))
+  return summary.summarize(model, init_variables(model, jax.random.PRNGKey(0), x), x)
+
+
+@pytest.mark.parametrize("variant,params,depth", [
+    ("mlp", 101_770, 2), ("mlp2", 109_386, 3), ("mlp3", 242_762, 4), ("cnn", 121_930, 4)])
+def test_lesson_models_counts_and_depth(variant, params, depth):
+  report = _report(variant)
+  assert report["trainable_params"] == params
+  assert sum(layer["trainable"] for layer in report["layers"]) == params
+  assert report["depth"] == depth and report["non_trainable_params"] == 0
+  assert report["param_bytes"] == 4 * params
+
+
+def test_dense_layer_rows_by_formula():
+  layers = {layer["path"]: layer for layer in _report("mlp")["layers"]}
+  dense = layers["dense_0"]
+  assert (dense["type"], dense["input_shape"], dense["output_shape"]) == ("dense", [784], [128])
+  assert (dense["weights"], dense["biases"]) == (784 * 128, 128)
+  assert dense["flops_per_example"] == 2 * 784 * 128 + 128
+  assert layers["head"]["flops_per_example"] == 2 * 128 * 10 + 10
+  # Parameter-free layers are listed, with 0 parameters.
+  assert [layer["type"] for layer in _report("mlp")["layers"]] == [
+      "flatten", "dense", "activation", "dense"]
+
+
+def test_conv_layer_flops_by_formula():
+  layers = {layer["path"]: layer for layer in _report("cnn")["layers"]}
+  conv = layers["conv_1"]
+  assert conv["input_shape"] == [13, 13, 32] and conv["output_shape"] == [11, 11, 64]
+  assert conv["flops_per_example"] == 2 * 3 * 3 * 32 * 11 * 11 * 64 + 11 * 11 * 64
+  assert layers["MaxPool_0"]["type"] == "pooling" and layers["MaxPool_0"]["trainable"] == 0
+
+
+def test_non_trainable_state_is_reported_apart():
+  class Normed(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Dense(8)(x.reshape(x.shape[0], -1))
+      x = nn.BatchNorm(use_running_average=not train)(x)
+      return nn.Dense(3, name="head")(x)
+
+  x = jnp.zeros((2, 4, 4, 1))
+  variables = Normed().init(jax.random.PRNGKey(0), x)
+  report = summary.summarize(Normed(), dict(variables), x)
+  norm = report["by_type"]["normalisation"]
+  assert norm == {"layers": 1, "trainable": 16, "non_trainable": 16, "flops_per_example": 16}
+  assert report["non_trainable_params"] == 16 and report["depth"] == 2
+  assert report["trainable_params"] == 16 * 8 + 8 + 16 + 8 * 3 + 3
+
+
+def test_run_py_summary_writes_files_without_training(tmp_path):
+  proc = subprocess.run([sys.executable, "run.py", "--config=configs/digits.py:cnn",
+                         "--mode=summary", f"--workdir={tmp_path}"], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "summary.json").read_text())
+  assert report["input_shape"] == [8, 8, 1] and report["depth"] >= 3
+  assert "| layer type |" in (tmp_path / "summary.md").read_text()
+  assert "| conv_0 | conv |" in proc.stdout
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_side_by_side_comparison_command(tmp_path):
+  out = tmp_path / "compare.md"
+  proc = subprocess.run([sys.executable, "-m", "bigjax.summary", "configs/digits.py",
+                         "configs/digits.py:cnn", f"--out={out}"], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  header, _, *rows = out.read_text().splitlines()
+  assert header == "| | configs/digits.py | configs/digits.py:cnn |"
+  trainable = rows[0].split("|")
+  assert trainable[1].strip() == "trainable parameters"
+  assert int(trainable[2].replace(",", "")) == 64 * 128 + 128 + 128 * 10 + 10
