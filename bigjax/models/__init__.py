@@ -12,11 +12,16 @@ import jax
 
 from bigjax.models.cnn import CNN
 from bigjax.models.mlp import MLP
+from bigjax.models.resnet import ResNet, ResNet18, ResNet20, ResNet32, ResNet34, ResNet56
 from bigjax.registry import Registry, check_keys
 
 MODELS = Registry("model")
 MODELS.register("mlp")(MLP)
 MODELS.register("cnn")(CNN)
+MODELS.register("resnet")(ResNet)
+for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
+                    "resnet18": ResNet18, "resnet34": ResNet34}.items():
+  MODELS.register(_name)(_cls)
 
 register_model = MODELS.register
 
@@ -43,5 +48,6 @@ def init_variables(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> di
   `example_x` only supplies shapes; one example is enough.
   """
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init({"params": params_rng, "dropout": dropout_rng}, example_x, train=False)
-  return dict(variables)
+  # Compiled: run op by op, a ResNet's init takes seconds; the draws are the same either way.
+  init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
+  return dict(init({"params": params_rng, "dropout": dropout_rng}, example_x))

@@ -1,0 +1,122 @@
+"""Residual networks: CIFAR-style ResNet-20/32/56 (He et al., 2016, section 4.2) and
+ResNet-18/34, with BatchNorm whose running statistics live in the train state's
+`model_state` ("batch_stats"): updated by the train step, fixed in evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigjax.models.initializers import get_initializer
+from bigjax.models.layers import ACTIVATIONS, Activation
+
+
+class BasicBlock(nn.Module):
+  """conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act."""
+  features: int
+  strides: int = 1
+  shortcut: str = "projection"  # projection: 1x1 conv + BN | padding: subsample + zero channels
+  activation: str = "relu"
+  kernel_init: str = "he_normal"
+  norm_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
+                                         use_bias=False, name=name,
+                                         kernel_init=get_initializer(self.kernel_init))
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
+                                     epsilon=1e-5, name=name)
+    y = conv(self.features, 3, self.strides, "conv_0")(x)
+    y = Activation(self.activation)(norm("norm_0")(y))
+    y = conv(self.features, 3, 1, "conv_1")(y)
+    y = norm("norm_1")(y)
+    if x.shape[-1] != self.features or self.strides != 1:
+      if self.shortcut == "projection":
+        x = norm("shortcut_norm")(conv(self.features, 1, self.strides, "shortcut")(x))
+      elif self.shortcut == "padding":
+        x = x[:, ::self.strides, ::self.strides, :]
+        extra = self.features - x.shape[-1]
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+      else:
+        raise ValueError(f'ResNet shortcut "{self.shortcut}": use "projection" or "padding".')
+    return Activation(self.activation)(y + x)
+
+
+class ResNet(nn.Module):
+  """Stem, stages of BasicBlocks (the first block of each stage after the first halves the
+  resolution), global average pooling, dense head.
+
+  stem "cifar": conv3x3 (stride 1) - BN - act, for 28x28 and 32x32 images;
+  stem "imagenet": conv7x7 (stride 2) - BN - act - maxpool 3x3 (stride 2), for large images.
+  """
+  stage_sizes: Sequence[int] = (3, 3, 3)
+  stage_features: Sequence[int] = (16, 32, 64)
+  stem: str = "cifar"
+  shortcut: str = "projection"
+  num_classes: int = 10
+  activation: str = "relu"
+  kernel_init: str = "he_normal"
+  bias_init: str = "zeros"
+  norm_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    ACTIVATIONS.get(self.activation)  # unknown names fail here, listing the known ones
+    if len(self.stage_sizes) != len(self.stage_features):
+      raise ValueError(f"ResNet: stage_sizes {tuple(self.stage_sizes)} and stage_features "
+                       f"{tuple(self.stage_features)} must have the same length.")
+    kernel_init = get_initializer(self.kernel_init)
+    if self.stem == "cifar":
+      x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False,
+                  kernel_init=kernel_init, name="stem")(x)
+    elif self.stem == "imagenet":
+      x = nn.Conv(self.stage_features[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+                  use_bias=False, kernel_init=kernel_init, name="stem")(x)
+    else:
+      raise ValueError(f'ResNet stem "{self.stem}": use "cifar" or "imagenet".')
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum, epsilon=1e-5,
+                     name="stem_norm")(x)
+    x = Activation(self.activation)(x)
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
+      for block in range(blocks):
+        if min(x.shape[1:3]) < 1:
+          raise ValueError(f"ResNet stage {stage}: the input is too small for this many stages.")
+        x = BasicBlock(features, strides=2 if stage > 0 and block == 0 else 1,
+                       shortcut=self.shortcut, activation=self.activation,
+                       kernel_init=self.kernel_init, norm_momentum=self.norm_momentum,
+                       name=f"stage_{stage}_block_{block}")(x, train=train)
+    x = x.mean(axis=(1, 2))  # global average pooling
+    return nn.Dense(self.num_classes, kernel_init=get_initializer("lecun_normal"),
+                    bias_init=get_initializer(self.bias_init), name="head")(x)
+
+
+class ResNet20(ResNet):
+  shortcut: str = "padding"  # the paper's option A for its CIFAR networks
+  stage_sizes: Sequence[int] = (3, 3, 3)
+
+
+class ResNet32(ResNet):
+  shortcut: str = "padding"  # the paper's option A for its CIFAR networks
+  stage_sizes: Sequence[int] = (5, 5, 5)
+
+
+class ResNet56(ResNet):
+  shortcut: str = "padding"  # the paper's option A for its CIFAR networks
+  stage_sizes: Sequence[int] = (9, 9, 9)
+
+
+class ResNet18(ResNet):
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  stage_features: Sequence[int] = (64, 128, 256, 512)
+
+
+class ResNet34(ResNet):
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  stage_features: Sequence[int] = (64, 128, 256, 512)

@@ -1,0 +1,79 @@
+"""ResNets: published parameter counts, BatchNorm state in the train state, depth."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax import losses, summary
+from bigjax.models import build_model, init_variables
+from bigjax.optimizers import build_optimizer
+from bigjax.steps import count_params, create_train_state, make_eval_step, make_train_step
+
+
+def _init(name, shape=(1, 32, 32, 3), **fields):
+  model = build_model(dict(name=name, num_classes=10, **fields))
+  return model, init_variables(model, jax.random.PRNGKey(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("name,params", [
+    # He et al. 2016 (CIFAR, option A shortcuts): 0.27M, 0.46M, 0.85M; ResNet-18/34 with a
+    # 3x3 stem on 32x32 images, as in the common CIFAR ports: 11.17M, 21.28M.
+    ("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018),
+    ("resnet18", 11_173_962), ("resnet34", 21_282_122)])
+def test_published_parameter_counts(name, params):
+  model = build_model(dict(name=name, num_classes=10))
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), x))
+  assert count_params(variables["params"]) == params
+
+
+def test_depth_of_resnet20_is_20_with_either_shortcut():
+  for shortcut in ("padding", "projection"):
+    model = build_model(dict(name="resnet20", num_classes=10, shortcut=shortcut))
+    variables = jax.eval_shape(
+        lambda: init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    report = summary.summarize(model, variables, jnp.zeros((1, 32, 32, 3)))
+    assert report["depth"] == 20, shortcut
+    assert report["non_trainable_params"] == count_params(variables["batch_stats"]) > 0
+
+
+@pytest.mark.parametrize("shape", [(8, 28, 28, 1), (8, 32, 32, 3)])
+def test_batch_norm_statistics_update_in_training_and_stay_fixed_in_eval(shape):
+  model, variables = _init("resnet20", shape=(1,) + shape[1:])
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9})
+  state = create_train_state(variables, tx, jax.random.PRNGKey(1))
+  batch = {"image": jax.random.normal(jax.random.PRNGKey(2), shape) * 2 + 1,
+           "label": jnp.arange(shape[0]) % 10}
+  train_step = jax.jit(make_train_step(model, losses.softmax_cross_entropy, tx))
+  eval_step = jax.jit(make_eval_step(model, losses.softmax_cross_entropy))
+  before = eval_step(state, batch)
+  assert eval_step(state, batch)["loss_sum"] == before["loss_sum"]  # eval changes nothing
+  new_state, metrics = train_step(state, batch)
+  old_mean = state.model_state["batch_stats"]["stem_norm"]["mean"]
+  new_mean = new_state.model_state["batch_stats"]["stem_norm"]["mean"]
+  assert not np.allclose(old_mean, new_mean)  # running statistics moved towards the batch's
+  assert np.isfinite(float(metrics["loss"]))
+  assert jax.tree.structure(new_state.model_state) == jax.tree.structure(state.model_state)
+
+
+def test_resnet_config_trains_checkpoints_statistics_and_evaluates_the_same(
+    fashion_mnist_dir, tmp_path):
+  from conftest import REPO_ROOT
+  run = lambda *args: subprocess.run([sys.executable, "run.py", *args], cwd=REPO_ROOT,
+                                     capture_output=True, text=True, timeout=600)
+  proc = run("--config=configs/fashion_mnist_resnet.py:resnet20,small", f"--workdir={tmp_path}",
+             "--config.data.max_train_examples=1000", "--config.data.max_test_examples=500")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["num_params"] == 269_722 - 2 * 3 * 3 * 16  # a 1-channel stem: 2 fewer input channels
+  assert np.isfinite(results["test_loss"]) and results["test_accuracy"] > 0.1
+  # Eval mode restores params *and* BatchNorm statistics: the same test metrics exactly.
+  proc = run("--mode=eval", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluated = json.loads((tmp_path / "eval_results.json").read_text())
+  assert evaluated["test"]["loss"] == results["test_loss"]
