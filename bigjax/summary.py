@@ -50,6 +50,17 @@ def _direct_leaves(tree: Any) -> dict[str, Any]:
       else {}
 
 
+def _flat_leaves(tree: Any) -> dict[str, Any]:
+  """Every array below a module, keyed 'child/name'."""
+  flat = {}
+  for key, value in (tree.items() if isinstance(tree, dict) else ()):
+    if isinstance(value, dict):
+      flat.update({f"{key}/{k}": v for k, v in _flat_leaves(value).items()})
+    else:
+      flat[key] = value
+  return flat
+
+
 def _size(x) -> int:
   return int(np.prod(x.shape))
 
@@ -62,6 +73,10 @@ def _flops(layer_type: str, params: dict, in_shape, out_shape) -> int:
     # kh x kw x cin), then a bias add.
     per_output = math.prod(params["kernel"].shape[:-1])
     return 2 * per_output * out_elems + (out_elems if "bias" in params else 0)
+  if layer_type == "attention" and in_shape and len(in_shape) == 3:
+    # q, k, v and output projections (2 N D^2 each), scores and weighted sum (2 N^2 D each)
+    n, d = in_shape[1], in_shape[2]
+    return 4 * 2 * n * d * d + 2 * 2 * n * n * d
   if layer_type in ("activation", "normalisation"):
     return out_elems * (1 if layer_type == "activation" else 2)
   if layer_type == "pooling":
@@ -87,18 +102,25 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, example_x)
 
   paths = [c["path"] for c in calls]
+  # Attention is reported as one layer, though Flax builds it from four DenseGenerals.
+  whole = [c["path"] for c in calls
+           if LAYER_TYPES.get(type(c["module"]).__name__) == "attention"]
   layers, totals = [], {}
   for call in calls:
     path = call["path"]
-    if not path or any(p[:len(path)] == path and p != path for p in paths):
-      continue  # the model itself and other containers: their children are the layers
     cls = type(call["module"]).__name__
     layer_type = LAYER_TYPES.get(cls, cls.lower())
-    params = _direct_leaves(_subtree(variables.get("params", {}), path))
+    if any(path[:len(w)] == w and path != w for w in whole):
+      continue  # inside an attention layer
+    if not path or (layer_type != "attention" and
+                    any(p[:len(path)] == path and p != path for p in paths)):
+      continue  # the model itself and other containers: their children are the layers
+    own = _subtree(variables.get("params", {}), path)
+    params = _flat_leaves(own) if layer_type == "attention" else _direct_leaves(own)
     state = {f"{collection}/{k}": v for collection, tree in variables.items()
              if collection != "params" for k, v in _direct_leaves(_subtree(tree, path)).items()}
-    biases = sum(_size(v) for k, v in params.items() if k == "bias")
-    weights = sum(_size(v) for k, v in params.items() if k != "bias")
+    biases = sum(_size(v) for k, v in params.items() if k.split("/")[-1] == "bias")
+    weights = sum(_size(v) for k, v in params.items() if k.split("/")[-1] != "bias")
     layer = {
         "path": "/".join(path), "type": layer_type, "class": cls,
         "input_shape": list(call["input"][1:]) if call["input"] else None,
@@ -114,11 +136,25 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
     for key in ("trainable", "non_trainable", "flops_per_example"):
       t[key] += layer[key]
 
+  top = _direct_leaves(variables.get("params", {}))  # e.g. a ViT's position embedding
+  if top:
+    layer = {"path": "(top level) " + ", ".join(sorted(top)), "type": "embedding",
+             "class": type(model).__name__, "input_shape": None, "output_shape": None,
+             "weights": sum(_size(v) for k, v in top.items() if k != "bias"),
+             "biases": sum(_size(v) for k, v in top.items() if k == "bias"),
+             "non_trainable": 0, "flops_per_example": 0, "in_depth": False}
+    layer["trainable"] = layer["weights"] + layer["biases"]
+    layers.insert(0, layer)
+    t = totals.setdefault("embedding", {"layers": 0, "trainable": 0, "non_trainable": 0,
+                                        "flops_per_example": 0})
+    t["layers"] += 1
+    t["trainable"] += layer["trainable"]
   trainable = sum(_size(x) for x in jax.tree.leaves(variables.get("params", {})))
   non_trainable = sum(_size(x) for c, tree in variables.items() if c != "params"
                       for x in jax.tree.leaves(tree))
   param_bytes = sum(_size(x) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(variables))
   depth = sum(1 for layer in layers if layer["type"] in WEIGHT_TYPES
+              and layer.get("in_depth", True)
               and not layer["path"].split("/")[-1].startswith("shortcut"))
   return {
       "model": type(model).__name__, "input_shape": list(example_x.shape[1:]),

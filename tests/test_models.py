@@ -144,3 +144,37 @@ def test_unknown_initializer_lists_known_and_suggests():
     config.model.kernel_init = "xavier"
   with pytest.raises(ConfigError, match='Unknown initializer "xavier"'):
     init_variables(build_model(config.model), jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+@pytest.mark.parametrize("model_config", [
+    dict(name="mlp", hidden_sizes=(32,)),
+    dict(name="cnn", conv_features=(8, 16), dense_sizes=(16,)),
+    dict(name="vit", patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_ratio=2.0),
+    dict(name="vit", patch_size=4, hidden_size=32, depth=1, num_heads=2, pool="mean"),
+])
+@pytest.mark.parametrize("shape", [(8, 28, 28, 1), (8, 32, 32, 3)])
+def test_families_train_on_1_and_3_channel_images(model_config, shape):
+  from bigjax import losses
+  from bigjax.optimizers import build_optimizer
+  from bigjax.steps import create_train_state, make_eval_step, make_train_step
+  model = build_model(dict(model_config, num_classes=10))
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape)
+  batch = {"image": x, "label": jnp.arange(shape[0]) % 10}
+  tx = build_optimizer({"name": "adam", "learning_rate": 3e-3})
+  state = create_train_state(init_variables(model, jax.random.PRNGKey(1), x[:1]), tx,
+                             jax.random.PRNGKey(2))
+  train_step = jax.jit(make_train_step(model, losses.softmax_cross_entropy, tx))
+  eval_step = jax.jit(make_eval_step(model, losses.softmax_cross_entropy))
+  before = float(eval_step(state, batch)["loss_sum"])
+  for _ in range(5):
+    state, _ = train_step(state, batch)
+  assert float(eval_step(state, batch)["loss_sum"]) < before
+
+
+def test_vit_bad_shapes_name_the_fix():
+  for fields, message in [(dict(patch_size=3), "do not split into 3x3 patches"),
+                          (dict(hidden_size=30, num_heads=4), "does not split into 4 heads"),
+                          (dict(pool="max"), 'pool "max"')]:
+    model = build_model(dict(name="vit", num_classes=10, **fields))
+    with pytest.raises(ValueError, match=message):
+      init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))

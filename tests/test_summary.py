@@ -92,3 +92,19 @@ def test_side_by_side_comparison_command(tmp_path):
   trainable = rows[0].split("|")
   assert trainable[1].strip() == "trainable parameters"
   assert int(trainable[2].replace(",", "")) == 64 * 128 + 128 + 128 * 10 + 10
+
+
+def test_vit_reports_attention_as_one_layer_and_every_parameter():
+  model = build_model(dict(name="vit", patch_size=4, hidden_size=32, depth=2, num_heads=4,
+                           mlp_ratio=2.0, num_classes=10))
+  x = jnp.zeros((1, 28, 28, 1))
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), x))
+  report = summary.summarize(model, variables, x)
+  assert sum(layer["trainable"] for layer in report["layers"]) == report["trainable_params"]
+  attention = [layer for layer in report["layers"] if layer["type"] == "attention"]
+  n, d = 7 * 7 + 1, 32  # 49 patches and the class token
+  assert len(attention) == 2 and attention[0]["trainable"] == 4 * (d * d + d)
+  assert attention[0]["flops_per_example"] == 8 * n * d * d + 4 * n * n * d
+  # patch embedding + 2 x (attention + 2 MLP dense) + head
+  assert report["depth"] == 1 + 2 * 3 + 1
+  assert report["layers"][0]["path"] == "(top level) class_token, position_embedding"

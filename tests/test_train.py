@@ -144,6 +144,18 @@ def test_steps_per_call_must_be_positive(tmp_path):
     train.run(_digits_config(steps_per_call=0), str(tmp_path))
 
 
+@pytest.mark.parametrize("config_module", ["cifar10_vit", "cifar10_resnet"])
+def test_cifar10_configs_train_on_tfds_mock_data(config_module, tmp_path):
+  import importlib
+  import tensorflow_datasets as tfds
+  config = importlib.import_module(f"configs.{config_module}").get_config("small")
+  with config.unlocked():
+    config.train.batch_size = 16
+  with tfds.testing.mock_data(num_examples=64):
+    results = train.run(config, str(tmp_path))
+  assert results["steps"] == int(64 * 0.9) // 16 and np.isfinite(results["test_loss"])
+
+
 def test_tfds_path_end_to_end_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = mnist.get_config("cnn,small")

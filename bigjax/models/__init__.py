@@ -12,6 +12,7 @@ import jax
 
 from bigjax.models.cnn import CNN
 from bigjax.models.mlp import MLP
+from bigjax.models.vit import ViT
 from bigjax.models.resnet import ResNet, ResNet18, ResNet20, ResNet32, ResNet34, ResNet56
 from bigjax.registry import Registry, check_keys
 
@@ -19,6 +20,7 @@ MODELS = Registry("model")
 MODELS.register("mlp")(MLP)
 MODELS.register("cnn")(CNN)
 MODELS.register("resnet")(ResNet)
+MODELS.register("vit")(ViT)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
                     "resnet18": ResNet18, "resnet34": ResNet34}.items():
   MODELS.register(_name)(_cls)
