@@ -17,14 +17,15 @@ from ml_collections.config_dict import placeholder
 
 MODELS = {
     "mlp": dict(name="mlp", hidden_sizes=(128,), activation="relu", dropout_rate=0.0,
-                num_classes=10),
+                norm="none", num_classes=10),
     "mlp2": dict(name="mlp", hidden_sizes=(128, 64), activation="relu", dropout_rate=0.0,
-                 num_classes=10),
+                 norm="none", num_classes=10),
     "mlp3": dict(name="mlp", hidden_sizes=(256, 128, 64), activation="relu", dropout_rate=0.0,
-                 num_classes=10),
+                 norm="none", num_classes=10),
     # conv3x3(32)-pool-conv3x3(64)-pool-dense(64)-dense(10), valid convs, 2x2 max-pooling.
-    "cnn": dict(name="cnn", conv_features=(32, 64), kernel_size=3, padding="VALID", pool_size=2,
-                dense_sizes=(64,), activation="relu", dropout_rate=0.0, num_classes=10),
+    "cnn": dict(name="cnn", conv_features=(32, 64), kernel_size=3, strides=1, padding="VALID",
+                pool_size=2, norm="none", dense_sizes=(64,), activation="relu",
+                dropout_rate=0.0, num_classes=10),
 }
 INITIALIZERS = dict(kernel_init="lecun_normal",  # he_normal xavier_uniform normal:0.05 ...
                     bias_init="zeros")            # (bigjax/models/initializers.py)

@@ -178,3 +178,34 @@ def test_vit_bad_shapes_name_the_fix():
     model = build_model(dict(name="vit", num_classes=10, **fields))
     with pytest.raises(ValueError, match=message):
       init_variables(model, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_mlp_norm_options():
+  x = jnp.zeros((1, 28, 28, 1))
+  batch = init_variables(build_model(dict(name="mlp", hidden_sizes=(16, 8), norm="batch")),
+                         jax.random.PRNGKey(0), x)
+  assert set(batch["batch_stats"]) == {"norm_0", "norm_1"}
+  layer = init_variables(build_model(dict(name="mlp", hidden_sizes=(16,), norm="layer")),
+                         jax.random.PRNGKey(0), x)
+  assert set(layer["params"]["norm_0"]) == {"scale", "bias"} and "batch_stats" not in layer
+  with pytest.raises(ValueError, match='norm "group"'):
+    init_variables(build_model(dict(name="mlp", norm="group")), jax.random.PRNGKey(0), x)
+
+
+def test_cnn_stack_described_per_layer():
+  from bigjax import summary
+  model = build_model(dict(name="cnn", conv_features=(8, 16, 16), kernel_size=(5, 3, 3),
+                           strides=(1, 2, 1), padding=("SAME", "VALID", "SAME"),
+                           pool_size=(2, 1, 2), norm="batch", dense_sizes=(), num_classes=10))
+  x = jnp.zeros((1, 28, 28, 1))
+  variables = init_variables(model, jax.random.PRNGKey(0), x)
+  layers = {layer["path"]: layer for layer in summary.summarize(model, variables, x)["layers"]}
+  assert layers["conv_0"]["output_shape"] == [28, 28, 8]   # SAME, stride 1; then pool -> 14
+  assert layers["conv_1"]["output_shape"] == [6, 6, 16]    # VALID 3x3, stride 2: (14-3)//2+1
+  assert layers["conv_2"]["output_shape"] == [6, 6, 16]    # SAME; then pool -> 3
+  assert layers["head"]["input_shape"] == [3 * 3 * 16]
+  assert layers["conv_0"]["trainable"] == 5 * 5 * 1 * 8 + 8
+  assert layers["norm_1"]["non_trainable"] == 2 * 16
+  with pytest.raises(ValueError, match="kernel_size has 2 entries for 3 layers"):
+    init_variables(build_model(dict(name="cnn", conv_features=(8, 8, 8), kernel_size=(3, 3))),
+                   jax.random.PRNGKey(0), x)

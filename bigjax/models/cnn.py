@@ -8,15 +8,20 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation, Flatten, MaxPool
+from bigjax.models.layers import (ACTIVATIONS, Activation, Flatten, MaxPool, normalization,
+                                  per_layer)
 
 
 class CNN(nn.Module):
-  """[Conv -> activation -> max-pool] per entry of conv_features, then Dense layers and a head."""
+  """[Conv -> (norm) -> activation -> (max-pool)] per entry of conv_features, then Dense
+  layers and a head. kernel_size, strides, padding and pool_size take one value for every
+  conv layer or a sequence with one per layer (pool_size 1 = no pooling)."""
   conv_features: Sequence[int] = (32, 64)
-  kernel_size: int = 3
-  padding: str = "VALID"
-  pool_size: int = 2
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: str | Sequence[str] = "VALID"
+  pool_size: int | Sequence[int] = 2
+  norm: str = "none"  # none | batch | layer, after each conv
   dense_sizes: Sequence[int] = (64,)
   num_classes: int = 10
   activation: str = "relu"
@@ -29,18 +34,29 @@ class CNN(nn.Module):
     ACTIVATIONS.get(self.activation)  # an unknown name fails here, listing the known ones
     inits = dict(kernel_init=get_initializer(self.kernel_init),
                  bias_init=get_initializer(self.bias_init))
+    n = len(self.conv_features)
+    layers = zip(self.conv_features, per_layer(self.kernel_size, n, "kernel_size"),
+                 per_layer(self.strides, n, "strides"), per_layer(self.padding, n, "padding"),
+                 per_layer(self.pool_size, n, "pool_size"))
     x = x_BxHxWxC
-    for i, features in enumerate(self.conv_features):
+    for i, (features, kernel, stride, padding, pool) in enumerate(layers):
       h, w = x.shape[1:3]
-      if self.padding == "VALID" and min(h, w) < self.kernel_size:
+      if padding == "VALID" and min(h, w) < kernel:
         raise ValueError(
-            f"CNN conv_{i}: its {h}x{w} input is smaller than the {self.kernel_size}x"
-            f"{self.kernel_size} kernel. Use fewer conv layers, padding='SAME' or larger images.")
-      x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding=self.padding,
+            f"CNN conv_{i}: its {h}x{w} input is smaller than the {kernel}x{kernel} kernel. "
+            "Use fewer conv layers, padding='SAME' or larger images.")
+      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
                   name=f"conv_{i}", **inits)(x)
+      norm = normalization(self.norm, train, f"norm_{i}")
+      if norm is not None:
+        x = norm(x)
       x = Activation(self.activation)(x)
-      if self.pool_size > 1:
-        x = MaxPool(self.pool_size)(x)
+      if pool > 1:
+        if min(x.shape[1:3]) < pool:
+          raise ValueError(f"CNN pool after conv_{i}: its {x.shape[1]}x{x.shape[2]} input is "
+                           f"smaller than the {pool}x{pool} window. Use fewer or smaller "
+                           "pools, or larger images.")
+        x = MaxPool(pool)(x)
     x = Flatten()(x)
     for i, width in enumerate(self.dense_sizes):
       x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))

@@ -63,3 +63,24 @@ class Flatten(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return x.reshape((x.shape[0], -1))
+
+
+def per_layer(value, count: int, field: str) -> tuple:
+  """A config value given once for all layers, or once per layer."""
+  if isinstance(value, (list, tuple)):
+    if len(value) != count:
+      raise ValueError(f"{field} has {len(value)} entries for {count} layers; give one value "
+                       "or one per layer.")
+    return tuple(value)
+  return (value,) * count
+
+
+def normalization(kind: str, train: bool, name: str):
+  """None, or a BatchNorm/LayerNorm module ('batch' | 'layer')."""
+  if kind in ("none", "", None):
+    return None
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  if kind == "layer":
+    return nn.LayerNorm(name=name)
+  raise ValueError(f'norm "{kind}": use "none", "batch" or "layer".')

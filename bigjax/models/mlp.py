@@ -8,15 +8,16 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation, Flatten
+from bigjax.models.layers import ACTIVATIONS, Activation, Flatten, normalization
 
 
 class MLP(nn.Module):
-  """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(num_classes)."""
+  """Flatten -> [Dense -> (norm) -> activation -> (dropout)] per hidden size -> Dense head."""
   hidden_sizes: Sequence[int] = (128,)
   num_classes: int = 10
   activation: str = "relu"
   dropout_rate: float = 0.0
+  norm: str = "none"  # none | batch | layer, between each hidden Dense and its activation
   kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
   bias_init: str = "zeros"
 
@@ -27,7 +28,11 @@ class MLP(nn.Module):
                  bias_init=get_initializer(self.bias_init))
     x = Flatten()(x)
     for i, width in enumerate(self.hidden_sizes):
-      x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))
+      x = nn.Dense(width, name=f"dense_{i}", **inits)(x)
+      norm = normalization(self.norm, train, f"norm_{i}")
+      if norm is not None:
+        x = norm(x)
+      x = Activation(self.activation)(x)
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **inits)(x)
