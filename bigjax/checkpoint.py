@@ -36,13 +36,27 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
-def mismatches(stored: Any, target: Any) -> list[str]:
-  """One line per path that is missing, unexpected, or of another shape."""
+def mismatches(stored: Any, target: Any, input_channels: int | None = None) -> list[str]:
+  """One line per path that is missing, unexpected, or of another shape.
+
+  With `input_channels` (the data's), a conv kernel that differs only in its input channels,
+  and takes the data's channels in this config, is named as a data/model channel mismatch.
+  """
   a, b = _shapes_by_path(stored), _shapes_by_path(target)
   lines = [f"{p}: in the checkpoint, not in this config's state" for p in sorted(set(a) - set(b))]
   lines += [f"{p}: in this config's state, not in the checkpoint" for p in sorted(set(b) - set(a))]
-  lines += [f"{p}: checkpoint shape {a[p]}, this config's shape {b[p]}"
-            for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+  for p in sorted(set(a) & set(b)):
+    if a[p] == b[p]:
+      continue
+    old, new = tuple(a[p]), tuple(b[p])
+    if (input_channels is not None and len(old) == 4 and len(new) == 4 and old[:2] == new[:2]
+        and old[3] == new[3] and new[2] == input_channels and p.startswith("['params']")
+        and p.endswith("['kernel']")):
+      lines.insert(0, f"{p}: the model was trained on {old[2]}-channel images, but this data "
+                   f"has {new[2]} channels. Convert the images (e.g. grayscale <-> RGB) or use "
+                   "the data config the model was trained with.")
+    else:
+      lines.append(f"{p}: checkpoint shape {a[p]}, this config's shape {b[p]}")
   return lines
 
 
@@ -53,13 +67,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> tuple[Any, dict]:
+def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
+            input_channels: int | None = None) -> tuple[Any, dict]:
   """(state, meta) at `step`, shaped like `target_state` (whose values are not used)."""
   target_dict = flax.serialization.to_state_dict(target_state)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
   # Compare shapes first: a clear list of every mismatched path, instead of Orbax's error
   # from deep inside an asynchronous read.
-  problems = mismatches(manager.item_metadata(step)["state"], abstract)
+  problems = mismatches(manager.item_metadata(step)["state"], abstract, input_channels)
   if problems:
     raise CheckpointMismatchError(
         f"The checkpoint at {manager.directory}/{step} does not fit the train state built "

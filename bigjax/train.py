@@ -132,7 +132,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = setup.initial_state
   resumed_from = manager.latest_step()
   if resumed_from is not None:
-    state, _ = checkpoint.restore(manager, resumed_from, state)
+    state, _ = checkpoint.restore(manager, resumed_from, state,
+                                  input_channels=setup.data.train.images.shape[-1])
     logging.info("resumed from step %d (%s)", resumed_from, checkpoint.checkpoint_dir(workdir))
   step = int(state.step)
 
@@ -288,7 +289,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train this workdir first "
         f"(python run.py --config=... --workdir={workdir}).")
   setup = _Setup(config)
-  state, _ = checkpoint.restore(manager, step, setup.initial_state)
+  state, _ = checkpoint.restore(manager, step, setup.initial_state,
+                                input_channels=setup.data.train.images.shape[-1])
   results: dict[str, Any] = {"step": step}
   for split in splits:
     if split not in setup.splits:

@@ -260,3 +260,25 @@ def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
   assert "does not fit" in message
   assert "['params']['dense_0']['kernel']: checkpoint shape (64, 128), this config's shape (64, 256)" in message
   assert "['params']['head']['kernel']: checkpoint shape (128, 10)" in message
+
+
+def test_restoring_a_model_on_images_with_other_channels_names_the_channels(tmp_path):
+  from bigjax.models import build_model, init_variables
+  from bigjax.optimizers import build_optimizer
+  from bigjax.steps import create_train_state
+  model = build_model(dict(name="cnn", conv_features=(4,), dense_sizes=(), num_classes=10))
+  tx = build_optimizer({"name": "adam", "learning_rate": 1e-3})
+
+  def state_for(channels):
+    x = np.zeros((1, 8, 8, channels), np.float32)
+    return create_train_state(init_variables(model, jax.random.PRNGKey(0), x), tx,
+                              jax.random.PRNGKey(0))
+
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 1, state_for(1), {})
+  manager.wait_until_finished()
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"\['params'\]\['conv_0'\]\['kernel'\]: the model was trained "
+                           r"on 1-channel images, but this data has 3 channels. Convert"):
+    checkpoint.restore(manager, 1, state_for(3), input_channels=3)
+  manager.close()
