@@ -110,11 +110,3 @@ def build_loss(loss_config: Mapping[str, Any]) -> Callable[[jax.Array, dict], ja
   bound = functools.partial(fn, **kwargs)
   functools.update_wrapper(bound, fn)
   return bound
-
-
-def weighted_mean(values_B: jax.Array, weights_B: jax.Array | None) -> jax.Array:
-  """Mean of values over examples with nonzero weight (padding has weight 0)."""
-  if weights_B is None:
-    return values_B.mean()
-  weights_B = weights_B.astype(values_B.dtype)
-  return (values_B * weights_B).sum() / jnp.maximum(weights_B.sum(), 1.0)

@@ -32,6 +32,7 @@ LAYER_TYPES = {  # Flax/bigjax class name -> the report's layer type
     "Flatten": "flatten", "Dropout": "dropout",
 }
 WEIGHT_TYPES = ("dense", "conv", "attention", "embedding")
+EMPTY_TOTALS = {"layers": 0, "trainable": 0, "non_trainable": 0, "flops_per_example": 0}
 DEPTH_DEFINITION = ("layers with weights (dense, conv, attention, embedding) on the longest "
                     "input-to-output path; normalisation and parameter-free layers not counted")
 
@@ -63,6 +64,13 @@ def _flat_leaves(tree: Any) -> dict[str, Any]:
 
 def _size(x) -> int:
   return int(np.prod(x.shape))
+
+
+def _weights_and_biases(params: dict) -> dict:
+  """Parameter counts of one layer: biases apart from everything else (kernels, scales...)."""
+  biases = sum(_size(v) for k, v in params.items() if k.split("/")[-1] == "bias")
+  weights = sum(_size(v) for k, v in params.items() if k.split("/")[-1] != "bias")
+  return {"weights": weights, "biases": biases, "trainable": weights + biases}
 
 
 def _flops(layer_type: str, params: dict, in_shape, out_shape) -> int:
@@ -105,7 +113,7 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
   # Attention is reported as one layer, though Flax builds it from four DenseGenerals.
   whole = [c["path"] for c in calls
            if LAYER_TYPES.get(type(c["module"]).__name__) == "attention"]
-  layers, totals = [], {}
+  layers = []
   for call in calls:
     path = call["path"]
     cls = type(call["module"]).__name__
@@ -119,36 +127,27 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
     params = _flat_leaves(own) if layer_type == "attention" else _direct_leaves(own)
     state = {f"{collection}/{k}": v for collection, tree in variables.items()
              if collection != "params" for k, v in _direct_leaves(_subtree(tree, path)).items()}
-    biases = sum(_size(v) for k, v in params.items() if k.split("/")[-1] == "bias")
-    weights = sum(_size(v) for k, v in params.items() if k.split("/")[-1] != "bias")
-    layer = {
+    layers.append({
         "path": "/".join(path), "type": layer_type, "class": cls,
         "input_shape": list(call["input"][1:]) if call["input"] else None,
         "output_shape": list(call["output"][1:]) if call["output"] else None,
-        "weights": weights, "biases": biases, "trainable": weights + biases,
+        **_weights_and_biases(params),
         "non_trainable": sum(_size(v) for v in state.values()),
         "flops_per_example": _flops(layer_type, params, call["input"], call["output"]),
-    }
-    layers.append(layer)
-    t = totals.setdefault(layer_type, {"layers": 0, "trainable": 0, "non_trainable": 0,
-                                       "flops_per_example": 0})
-    t["layers"] += 1
-    for key in ("trainable", "non_trainable", "flops_per_example"):
-      t[key] += layer[key]
+    })
 
   top = _direct_leaves(variables.get("params", {}))  # e.g. a ViT's position embedding
   if top:
-    layer = {"path": "(top level) " + ", ".join(sorted(top)), "type": "embedding",
-             "class": type(model).__name__, "input_shape": None, "output_shape": None,
-             "weights": sum(_size(v) for k, v in top.items() if k != "bias"),
-             "biases": sum(_size(v) for k, v in top.items() if k == "bias"),
-             "non_trainable": 0, "flops_per_example": 0, "in_depth": False}
-    layer["trainable"] = layer["weights"] + layer["biases"]
-    layers.insert(0, layer)
-    t = totals.setdefault("embedding", {"layers": 0, "trainable": 0, "non_trainable": 0,
-                                        "flops_per_example": 0})
+    layers.insert(0, {"path": "(top level) " + ", ".join(sorted(top)), "type": "embedding",
+                      "class": type(model).__name__, "input_shape": None,
+                      "output_shape": None, **_weights_and_biases(top), "non_trainable": 0,
+                      "flops_per_example": 0, "in_depth": False})
+  totals = {}
+  for layer in layers:
+    t = totals.setdefault(layer["type"], dict(EMPTY_TOTALS))
     t["layers"] += 1
-    t["trainable"] += layer["trainable"]
+    for key in ("trainable", "non_trainable", "flops_per_example"):
+      t[key] += layer[key]
   trainable = sum(_size(x) for x in jax.tree.leaves(variables.get("params", {})))
   non_trainable = sum(_size(x) for c, tree in variables.items() if c != "params"
                       for x in jax.tree.leaves(tree))
@@ -185,11 +184,10 @@ def to_markdown(report: dict, title: str = "") -> str:
                  f"{layer['flops_per_example']:,} |")
   lines += ["", "| layer type | layers | trainable | non-trainable | FLOPs/example |",
             "|---|---|---|---|---|"]
-  empty = {"layers": 0, "trainable": 0, "non_trainable": 0, "flops_per_example": 0}
   order = list(WEIGHT_TYPES[:2]) + ["normalisation", "attention", "embedding"]
   order += sorted(t for t in report["by_type"] if t not in order)
   for layer_type in order:
-    t = report["by_type"].get(layer_type, empty)
+    t = report["by_type"].get(layer_type, EMPTY_TOTALS)
     lines.append(f"| {layer_type} | {t['layers']} | {t['trainable']:,} | "
                  f"{t['non_trainable']:,} | {t['flops_per_example']:,} |")
   return "\n".join(lines) + "\n"

@@ -38,12 +38,6 @@ def test_mean_squared_error_loss_uses_one_hot_labels():
   np.testing.assert_allclose(got, [0.0, (0.25 + 0.25 + 1.0) / 3], rtol=1e-6)
 
 
-def test_weighted_mean_ignores_padding():
-  values = jnp.array([1.0, 3.0, 100.0])
-  assert float(losses.weighted_mean(values, jnp.array([1.0, 1.0, 0.0]))) == 2.0
-  assert float(losses.weighted_mean(values, None)) == pytest.approx(104 / 3)
-
-
 def test_lesson_worked_example_linear_regression():
   """y = theta*x + b, theta=1, b=0 on x=(2,4,6), y=(3,6,9); the lesson's arithmetic, corrected."""
   x, y = jnp.array([2.0, 4.0, 6.0]), jnp.array([3.0, 6.0, 9.0])

@@ -55,14 +55,6 @@ for _alias, _name in _ALIASES.items():
   INITIALIZERS.register(_alias)(_FACTORIES[_name])
 
 
-def register_initializer(name: str, default_scale: float = 1.0):
-  """Decorator for `factory(scale) -> init(key, shape, dtype)`, named in configs as `name`."""
-  def add(factory):
-    INITIALIZERS.register(name)((default_scale, factory))
-    return factory
-  return add
-
-
 def get_initializer(spec: str) -> Initializer:
   """ "name" or "name:scale" -> a Flax initializer."""
   name, _, scale_text = str(spec).partition(":")

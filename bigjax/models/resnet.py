@@ -86,8 +86,6 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, (blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for block in range(blocks):
-        if min(x.shape[1:3]) < 1:
-          raise ValueError(f"ResNet stage {stage}: the input is too small for this many stages.")
         x = BasicBlock(features, strides=2 if stage > 0 and block == 0 else 1,
                        shortcut=self.shortcut, activation=self.activation,
                        kernel_init=self.kernel_init, norm_momentum=self.norm_momentum,
