@@ -1,7 +1,9 @@
 """bigjax's entry point.
 
   python run.py --config=configs/mnist.py [--config.optimizer.learning_rate=3e-4] \
-      [--workdir=runs/mnist] [--mode=train|eval|summary]
+      [--workdir=runs/mnist] [--mode=train|eval|predict|summary]
+  python run.py --mode=eval --workdir=runs/mnist [--step=best] [--split=test]
+  python run.py --mode=predict --workdir=runs/mnist [--split=test | image.png ...]
 """
 
 from absl import app, flags
@@ -12,16 +14,22 @@ from bigjax import cli
 config_flags.DEFINE_config_file(
     "config", None, "A config file: configs/x.py, or configs/x.py:variant.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where outputs go. Default: runs/<config name>[_<variant>].")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "summary"],
-                  "train: train, evaluate and checkpoint. eval: evaluate a workdir's latest "
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary"],
+                  "train: train, evaluate and checkpoint. eval: evaluate a workdir's "
                   "checkpoint (uses the workdir's config.json when --config is not given). "
-                  "summary: the per-layer depth and parameter report, without training.")
+                  "predict: write a checkpoint's predictions for a split or for image files "
+                  "given as arguments. summary: the per-layer depth and parameter report, "
+                  "without training.")
+flags.DEFINE_string("split", None, "eval: comma-separated splits (default: config.eval.at_end)."
+                    " predict: one split (default: test).")
+flags.DEFINE_string("step", "latest", "eval/predict: which checkpoint: latest, best, or a step.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.main(flags.FLAGS)
+  files = argv[1:]
+  if files and flags.FLAGS.mode != "predict":
+    raise app.UsageError(f"Unexpected arguments: {files} (image files are for --mode=predict)")
+  cli.main(flags.FLAGS, files)
 
 
 if __name__ == "__main__":

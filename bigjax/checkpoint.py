@@ -18,15 +18,20 @@ class CheckpointMismatchError(ValueError):
   pass
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+# The two kinds of checkpoint a workdir holds, each in its own folder: the latest few (to
+# resume from) and the best by config.checkpoint.best_metric (to evaluate or fine-tune from).
+LATEST, BEST = "checkpoints", "checkpoints_best"
 
 
-def make_manager(workdir: str, max_to_keep: int | None = 3,
-                 create: bool = True) -> ocp.CheckpointManager:
+def checkpoint_dir(workdir: str, kind: str = LATEST) -> str:
+  return os.path.join(os.path.abspath(workdir), kind)
+
+
+def make_manager(workdir: str, max_to_keep: int | None = 3, create: bool = True,
+                 kind: str = LATEST) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir), options=options,
+      checkpoint_dir(workdir, kind), options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "meta": ocp.JsonCheckpointHandler()})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+from typing import Sequence
 
 from absl import flags, logging
 
@@ -26,7 +27,7 @@ def _quiet_logs() -> None:
   py_logging.getLogger("bigjax").setLevel(py_logging.INFO)
 
 
-def main(flag_values: flags.FlagValues) -> None:
+def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   _quiet_logs()
   config = flag_values.config
   config_path = flag_values["config"].config_filename if config is not None else None
@@ -46,5 +47,18 @@ def main(flag_values: flags.FlagValues) -> None:
     text = summary.write(summary.report_for_config(config), workdir, title=config_path)
     print(text)
     logging.info("summary written to %s/summary.md and summary.json", workdir)
-  elif flag_values.mode == "eval":
-    train.evaluate(config if config is not None else train.load_run_config(workdir), workdir)
+  else:
+    from bigjax import inference
+    config = config if config is not None else train.load_run_config(workdir)
+    step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
+    if flag_values.mode == "eval":
+      inference.evaluate(config, workdir, flag_values.split, step)
+    else:
+      inference.predict(config, workdir, flag_values.split, files, step)
+
+
+def _step(text: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    raise flags.ValidationError(f"--step={text}: use latest, best, or a step number.") from None

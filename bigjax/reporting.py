@@ -72,7 +72,8 @@ class Progress:
   def steps_per_second(self, step: int) -> float:
     if self._start_time is None or step <= self._start_step:
       return float("nan")
-    return (step - self._start_step) / max(time.perf_counter() - self._start_time, 1e-9)
+    now = self._paused_at if self._paused_at is not None else time.perf_counter()
+    return (step - self._start_step) / max(now - self._start_time, 1e-9)
 
   def line(self, step: int) -> str:
     rate = self.steps_per_second(step)

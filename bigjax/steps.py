@@ -10,7 +10,7 @@ for evaluation "mask" float32 [B] (1 for real examples, 0 for padding).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -140,15 +140,26 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
   return train_step
 
 
-def make_eval_step(model: nn.Module, loss_fn: LossFn) -> Callable:
-  """A pure `eval_step(state, batch) -> summed metrics` (see bigjax.metrics)."""
+def make_eval_step(model: nn.Module, loss_fn: LossFn,
+                   metric_names: Sequence[str] = ("loss", "accuracy")) -> Callable:
+  """A pure `eval_step(state, batch) -> {sum name: weighted batch sum}` for the named
+  metrics (bigjax.metrics); `metrics.finalize` or `metrics.compute` turns sums into values."""
+  sum_fns = metrics_lib.sum_functions(metric_names)
 
   def eval_step(state: TrainState, batch: dict) -> dict:
-    logits, _ = _apply(model, state.params, state.model_state, batch["image"], train=False)
+    logits = predict_logits(model, state, batch["image"])
     per_example = loss_fn(logits, batch)
     _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
-    return metrics_lib.summed_metrics(per_example, logits, batch["label"],
-                                      example_weights(batch))
+    return metrics_lib.compute_sums(sum_fns, logits, batch["label"], example_weights(batch),
+                                    per_example)
+
+  return eval_step
+
+
+def predict_logits(model: nn.Module, state: TrainState, images: jax.Array) -> jax.Array:
+  """The model's outputs in eval mode (no dropout, BatchNorm statistics fixed)."""
+  logits, _ = _apply(model, state.params, state.model_state, images, train=False)
+  return logits
 
   return eval_step
 

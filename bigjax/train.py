@@ -19,29 +19,38 @@ import ml_collections
 import numpy as np
 
 import bigjax
-from bigjax import checkpoint, data as data_lib, metrics as metrics_lib, validate
+from bigjax import (artifacts, checkpoint, data as data_lib, metrics as metrics_lib, tensorboard,
+                    termination, validate)
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
+from bigjax.registry import ConfigError, did_you_mean
 from bigjax.reporting import MetricsLog, Progress, write_json
 from bigjax.steps import (TrainState, count_params, create_train_state, gather_batch,
-                          make_eval_step, make_train_step, scan_steps)
+                          make_eval_step, make_train_step, predict_logits, scan_steps)
 
 logging = py_logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without
 # config.checkpoint.allow_config_change (they change how long or how verbosely it runs).
-RESUMABLE_CHANGES = ("train.num_epochs", "train.log_every_steps", "train.steps_per_call",
-                     "eval.batch_size",
-                     "checkpoint.allow_config_change", "checkpoint.max_to_keep")
+RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_steps",
+                     "train.steps_per_call", "train.stop_when", "train.early_stopping.metric",
+                     "train.early_stopping.mode", "train.early_stopping.patience",
+                     "train.early_stopping.min_delta", "eval.batch_size", "eval.metrics",
+                     "eval.every_epoch", "eval.at_end", "checkpoint.allow_config_change",
+                     "checkpoint.max_to_keep", "report.plots", "report.html",
+                     "report.tensorboard")
+PLOT_INTERVAL_SECONDS = 60.0
+# The metrics a log line shows, when computed.
+_HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2")
 
 
 def _is_writer() -> bool:
   return jax.process_index() == 0
 
 
-class _Setup:
-  """Everything built before the loop, shared by training and evaluation."""
+class Setup:
+  """Everything built before the loop, shared by training, evaluation and prediction."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     # (Schedules need the run's length, so the step count is known before the optimizer.)
@@ -57,19 +66,22 @@ class _Setup:
     # --------------------------------------------------------------- model
     self.model = build_model(config.model)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    variables = init_variables(self.model, init_rng, jnp.asarray(self.data.train.images[:1]))
+    self.example_input = jnp.asarray(self.data.train.images[:1])
+    variables = init_variables(self.model, init_rng, self.example_input)
     # ------------------------------------------------------ loss, optimizer
     self.steps_per_epoch = len(self.data.train) // config.train.batch_size
-    self.total_steps = self.steps_per_epoch * config.train.num_epochs
+    self.total_steps = (config.train.num_steps if config.train.num_steps > 0
+                        else self.steps_per_epoch * config.train.num_epochs)
     self.loss_fn = build_loss(config.loss)
     self.tx = build_optimizer(config.optimizer, config.loss, self.total_steps)
     self.initial_state = create_train_state(variables, self.tx, self.train_rng)
     self.num_params = count_params(self.initial_state.params)
     logging.info("model: %s with %s parameters", config.model.name, f"{self.num_params:,}")
     # ------------------------------------------------------ jitted steps
+    self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     train_step = make_train_step(self.model, self.loss_fn, self.tx,
                                  config.train.grad_accum_steps)
-    eval_step = make_eval_step(self.model, self.loss_fn)
+    eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names)
 
     # The loop's step gathers its batch from the device-resident split, so the host only
     # sends B indices per step. State is donated: its buffers are reused in place.
@@ -79,22 +91,46 @@ class _Setup:
     def eval_on_indices(state, images, labels, indices, mask):
       return eval_step(state, gather_batch(images, labels, indices, mask))
 
+    def probabilities_on_indices(state, images, indices):
+      logits = predict_logits(self.model, state, jnp.take(images, indices, axis=0))
+      return jax.nn.softmax(logits.astype(jnp.float32))
+
     self.train_on_indices = jax.jit(train_on_indices, donate_argnums=0)
     self.steps_per_call = config.train.get("steps_per_call", 1)
     self.train_many_on_indices = jax.jit(scan_steps(train_on_indices), donate_argnums=0)
     self.eval_on_indices = jax.jit(eval_on_indices)
+    self.probabilities_on_indices = jax.jit(probabilities_on_indices)
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
     self.eval_batch_size = min(config.eval.batch_size, largest)
 
+  def check_split(self, split: str, config_key: str) -> None:
+    if split not in self.splits:
+      raise ConfigError(f'{config_key} names split "{split}", which this data does not have.'
+                        f"{did_you_mean(split, self.splits)} Splits: {', '.join(self.splits)}.")
+
   def evaluate(self, state: TrainState, split: str) -> dict:
-    """Loss and accuracy over every example of a split, exactly once (padding masked)."""
+    """The configured metrics over every example of a split, exactly once (padding masked)."""
     images, labels = self.splits[split]
     indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
-    sums = None
-    for batch_indices, batch_mask in zip(indices, mask):
-      sums = metrics_lib.add(sums, self.eval_on_indices(state, images, labels,
-                                                        batch_indices, batch_mask))
-    return metrics_lib.finalize(jax.device_get(sums))
+    batch_sums = [self.eval_on_indices(state, images, labels, batch_indices, batch_mask)
+                  for batch_indices, batch_mask in zip(indices, mask)]
+    # Per-batch sums stay on the device until here: one transfer, then float64 totals.
+    return metrics_lib.compute(self.metric_names, metrics_lib.total(jax.device_get(batch_sums)))
+
+  def metric_value_names(self) -> set[str]:
+    """The single-number values evaluation gives (e.g. "f1_macro"), from one eval batch."""
+    split = "validation" if "validation" in self.splits else "test"
+    images, labels = self.splits[split]
+    indices, mask = data_lib.padded_batches(min(len(labels), 8), 8)
+    sums = self.eval_on_indices(self.initial_state, images, labels, indices[0], mask[0])
+    values = metrics_lib.compute(self.metric_names, metrics_lib.total([jax.device_get(sums)]))
+    return set(metrics_lib.scalars(values))
+
+  def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
+    """Softmax outputs [N, C] for model-ready images [N, H, W, C]."""
+    indices, mask = data_lib.padded_batches(len(images), self.eval_batch_size)
+    out = [self.probabilities_on_indices(state, images, batch) for batch in indices]
+    return np.concatenate(jax.device_get(out))[:len(images)]
 
 
 def _environment() -> dict:
@@ -106,23 +142,72 @@ def _environment() -> dict:
           "bigjax": bigjax.__version__, "host": platform.node()}
 
 
+def split_names(spec: str | tuple, config_key: str, setup: Setup) -> list[str]:
+  """'validation,test' -> the splits, each checked; "validation" is left out (with a log
+  line) when the data config holds none out (validation_fraction=0)."""
+  names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+  names = [n for n in names if n]
+  if "validation" in names and "validation" not in setup.splits:
+    logging.info("%s: no validation split (config.data.validation_fraction is 0); "
+                 "skipping it", config_key)
+    names.remove("validation")
+  for name in names:
+    setup.check_split(name, config_key)
+  return names
+
+
+TRAIN_VALUES = ("loss", "accuracy", "learning_rate")  # what "train/..." keys can name
+
+
+def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
+                      epoch_splits: list[str]) -> None:
+  """Every "split/metric" the config stops or keeps the best by exists after each epoch."""
+  keys = {"config.train.stop_when": (termination.Target.parse(config.train.stop_when).key
+                                     if config.train.stop_when else ""),
+          "config.train.early_stopping.metric": config.train.early_stopping.metric,
+          "config.checkpoint.best_metric": config.checkpoint.best_metric}
+  keys = {where: key for where, key in keys.items() if key}
+  if not keys:
+    return
+  names = setup.metric_value_names()
+  values = {split: dict.fromkeys(names, 0.0) for split in epoch_splits}
+  values["train"] = dict.fromkeys(TRAIN_VALUES, 0.0)
+  for where, key in keys.items():
+    if termination.lookup(values, key, where) is None:
+      raise ConfigError(
+          f'{where}="{key}": split "{key.partition("/")[0]}" is not evaluated after each '
+          f"epoch. Use one of {', '.join(values)} (config.eval.every_epoch="
+          f'"{config.eval.every_epoch}").')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints as `config` says; returns (and writes) the results."""
   # --------------------------------------------------------------- workdir
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  writer = _is_writer()
   manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep)
   if manager.latest_step() is not None:
     validate.check_resumable(config, workdir, RESUMABLE_CHANGES)
-  if _is_writer():
+  if writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if _is_writer() else None)
+  log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if writer else None)
   logging.info("workdir: %s", workdir)
+  target = termination.Target.parse(config.train.stop_when)
+  early = config.train.early_stopping
+  best_key = config.checkpoint.best_metric
+  best_manager = (checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST)
+                  if best_key else None)
 
-  setup = _Setup(config)
-  if _is_writer():
+  setup = Setup(config)
+  epoch_splits = split_names(config.eval.every_epoch, "config.eval.every_epoch", setup)
+  final_splits = split_names(config.eval.at_end, "config.eval.at_end", setup)
+  check_metric_keys(config, setup, epoch_splits)
+  if writer:
     write_json(os.path.join(workdir, "data_stats.json"), setup.data.stats)
+  board = (tensorboard.ScalarWriter(os.path.join(workdir, "tensorboard"))
+           if writer and config.report.tensorboard else None)
 
   # ---------------------------------------------------------- restore
   n_train = len(setup.data.train)
@@ -131,11 +216,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = setup.total_steps
   state = setup.initial_state
   resumed_from = manager.latest_step()
+  meta: dict = {}
   if resumed_from is not None:
-    state, _ = checkpoint.restore(manager, resumed_from, state,
-                                  input_channels=setup.data.train.images.shape[-1])
+    state, meta = checkpoint.restore(manager, resumed_from, state,
+                                     input_channels=setup.data.train.images.shape[-1])
     logging.info("resumed from step %d (%s)", resumed_from, checkpoint.checkpoint_dir(workdir))
   step = int(state.step)
+  early_state = meta.get("early_stopping")
+  best = meta.get("best")  # {"metric", "value", "step"} of the best checkpoint so far
+  stopped = meta.get("stopped")
+  if stopped:
+    logging.info("this run stopped at step %d (%s); not training further", step, stopped)
+    total_steps = step
 
   # ------------------------------------------------------------ compile
   train_images, train_labels = setup.splits["train"]
@@ -160,10 +252,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       compile_seconds += time.perf_counter() - t_compile
     return compiled[steps]
 
-  compiled_step(k)
-  logging.info("train step compiled in %.2f s; %d steps per epoch of %d, batch %d%s",
-               compile_seconds, steps_per_epoch, n_train, batch_size,
-               f", {k} steps per call" if k > 1 else "")
+  if step < total_steps:
+    compiled_step(k)
+    logging.info("train step compiled in %.2f s; %d steps per epoch of %d, batch %d%s; "
+                 "%d steps in all", compile_seconds, steps_per_epoch, n_train, batch_size,
+                 f", {k} steps per call" if k > 1 else "", total_steps)
 
   # --------------------------------------------------------------- loop
   progress = Progress(total_steps, batch_size)
@@ -171,8 +264,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log_every = config.train.log_every_steps
   train_seconds = compile_seconds
   eval_seconds = 0.0
-  validation: dict = {}
+  latest: dict[str, dict] = {}  # split -> its latest metrics (and "train": the latest row)
+  evaluated_at: dict[str, int] = {}  # split -> the step its latest metrics are of
   t_segment = time.perf_counter()
+  last_plot = [time.monotonic()]
 
   def flush_train_metrics(epoch: int) -> None:
     if not pending:
@@ -188,19 +283,72 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise FloatingPointError(
           f"Training loss became {row['loss']} by step {last_step}. Lower "
           "--config.optimizer.learning_rate, or check the data for NaNs/Infs.")
+    latest["train"] = row
     log.write({"split": "train", "step": last_step, "epoch": epoch + 1, **row})
+    if board:
+      board.scalars(last_step, {f"train/{key}": v for key, v in row.items()})
     logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f lr %.3g | %s", epoch + 1,
-                 config.train.num_epochs, last_step, total_steps, row["loss"],
+                 num_epochs, last_step, total_steps, row["loss"],
                  row["accuracy"], row["learning_rate"], progress.line(last_step))
 
+  def end_of_epoch(epoch: int) -> str | None:
+    """Evaluates, decides whether to stop, checkpoints; returns why to stop, or None."""
+    nonlocal early_state, best
+    for split in epoch_splits:
+      values = setup.evaluate(state, split)
+      latest[split], evaluated_at[split] = values, step
+      scalars = metrics_lib.scalars(values)
+      log.write({"split": split, "step": step, "epoch": epoch + 1, **scalars})
+      if board:
+        board.scalars(step, {f"{split}/{key}": v for key, v in scalars.items()})
+    train_row = latest.get("train", {})
+    logging.info("epoch %d/%d done at step %d | train loss %.4f acc %.4f%s", epoch + 1,
+                 num_epochs, step, train_row.get("loss", np.nan),
+                 train_row.get("accuracy", np.nan),
+                 "".join(f" | {split} " + " ".join(
+                     f"{name} {latest[split][name]:.4f}" for name in _HEADLINE
+                     if name in latest[split]) for split in epoch_splits))
+    reason = None
+    if target is not None and target.reached(latest):
+      reason = f"{target.key} reached {target.op} {target.value:g}"
+    if early.metric:
+      value = termination.lookup(latest, early.metric, "config.train.early_stopping.metric")
+      if value is not None:
+        early_state, stop = termination.early_stopping_update(
+            early_state, value, mode=termination.mode_of(early.metric, early.mode),
+            patience=early.patience, min_delta=early.min_delta)
+        if stop and reason is None:
+          reason = (f"early stopping: {early.metric} did not improve on "
+                    f"{early_state['best']:.4g} for {early.patience} evaluations")
+    if best_manager is not None:
+      value = termination.lookup(latest, best_key, "config.checkpoint.best_metric")
+      mode = termination.mode_of(best_key)
+      if value is not None and (best is None or (value < best["value"] if mode == "min"
+                                                 else value > best["value"])):
+        best = {"metric": best_key, "value": value, "step": step}
+        # The best first: a kill between the two saves re-runs this epoch, not loses it.
+        checkpoint.save(best_manager, step, state, {"epoch": epoch + 1, "best": best})
+    checkpoint.save(manager, step, state, {
+        "epoch": epoch + 1, "metrics": {s: metrics_lib.scalars(latest[s]) for s in latest},
+        "early_stopping": early_state, "best": best, "stopped": reason})
+    if writer:
+      artifacts.write_metrics_csv(workdir)
+      # Redrawn at most once a minute (a plot costs ~0.5 s, an epoch of a small run less).
+      if config.report.plots and time.monotonic() - last_plot[0] > PLOT_INTERVAL_SECONDS:
+        artifacts.plot_learning_curves(workdir, steps_per_epoch)
+        last_plot[0] = time.monotonic()
+    return reason
+
+  num_epochs = -(-total_steps // steps_per_epoch)
   epoch = step // steps_per_epoch
   while step < total_steps:
     order = data_lib.epoch_permutation(config.seed, epoch, n_train)
     i = step % steps_per_epoch
-    while i < steps_per_epoch:
+    epoch_end = min(steps_per_epoch, i + total_steps - step)  # num_steps may end mid-epoch
+    while i < epoch_end:
       # k steps per call, but never across an epoch end or a logging step, so outputs
       # and checkpoints are the same whatever steps_per_call is.
-      n = min(k, steps_per_epoch - i, log_every - step % log_every)
+      n = min(k, epoch_end - i, log_every - step % log_every)
       indices = order[i * batch_size:(i + n) * batch_size]
       if n == k > 1:
         state, step_metrics = compiled_step(k)(state, train_images, train_labels,
@@ -223,44 +371,61 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_seconds += time.perf_counter() - t_segment
     progress.pause()
     t_eval = time.perf_counter()
-    if "validation" in setup.splits:
-      validation = setup.evaluate(state, "validation")
-      log.write({"split": "validation", "step": step, "epoch": epoch + 1, **validation})
-      logging.info("epoch %d/%d validation | loss %.4f acc %.4f", epoch + 1,
-                   config.train.num_epochs, validation["loss"], validation["accuracy"])
-    checkpoint.save(manager, step, state, {"epoch": epoch + 1, "validation": validation})
+    stopped = end_of_epoch(epoch)
     eval_seconds += time.perf_counter() - t_eval
     progress.resume()
     t_segment = time.perf_counter()
     epoch += 1
+    if stopped:
+      logging.info("stopping at step %d of %d: %s", step, total_steps, stopped)
+      break
 
   # -------------------------------------------------------------- final
   manager.wait_until_finished()
+  if best_manager is not None:
+    best_manager.wait_until_finished()
   progress.pause()
-  if not validation and "validation" in setup.splits:  # resumed a finished run
-    validation = setup.evaluate(state, "validation")
   t_eval = time.perf_counter()
-  test = setup.evaluate(state, "test")
+  final: dict[str, dict] = {}
+  for split in final_splits:
+    if evaluated_at.get(split) == step:  # already evaluated at this step
+      final[split] = latest[split]
+      continue
+    final[split] = setup.evaluate(state, split)
+    log.write({"split": split, "step": step, **metrics_lib.scalars(final[split])})
+    if board:
+      board.scalars(step, {f"{split}/{key}": v
+                           for key, v in metrics_lib.scalars(final[split]).items()})
   eval_seconds += time.perf_counter() - t_eval
-  log.write({"split": "test", "step": step, **test})
-  logging.info("test | loss %.4f acc %.4f (%d examples)", test["loss"], test["accuracy"],
-               test["count"])
+  for split in final_splits:
+    logging.info("%s | %s (%d examples)", split, " ".join(
+        f"{name} {final[split][name]:.4f}" for name in _HEADLINE if name in final[split]),
+        final[split]["count"])
   steady = progress.steps_per_second(step) * batch_size
   results = {
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "validation_accuracy": validation.get("accuracy"),
-      "validation_loss": validation.get("loss"),
-      "num_params": setup.num_params, "steps": step, "epochs": config.train.num_epochs,
+      "num_params": setup.num_params, "steps": step, "epochs": num_epochs,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
       "eval_seconds": eval_seconds,
       "steady_examples_per_second": steady if np.isfinite(steady) else None,
-      "resumed_from_step": resumed_from, "environment": _environment(),
+      "resumed_from_step": resumed_from, "stopped_early": stopped, "best_checkpoint": best,
+      "metrics": final, "environment": _environment(),
   }
-  if _is_writer():
+  for split, values in final.items():  # the headline numbers, flat
+    for name in ("accuracy", "loss"):
+      if name in values:
+        results[f"{split}_{name}"] = values[name]
+  if writer:
     write_json(os.path.join(workdir, "results.json"), results)
+    artifacts.write_metrics_csv(workdir)
+    if config.report.plots or config.report.html:
+      artifacts.final_outputs(workdir, config, setup, state, results)
   manager.close()
-  logging.info("done: test accuracy %.4f, %s params, trained in %.1f s (compile %.2f s); "
-               "outputs in %s", test["accuracy"], f"{setup.num_params:,}", train_seconds,
+  if best_manager is not None:
+    best_manager.close()
+  headline = final.get("test") or next(iter(final.values()), {})
+  logging.info("done: %s, %s params, trained in %.1f s (compile %.2f s); outputs in %s",
+               " ".join(f"{n} {headline[n]:.4f}" for n in ("accuracy",) if n in headline)
+               or "no final evaluation", f"{setup.num_params:,}", train_seconds,
                compile_seconds, workdir)
   return results
 
@@ -275,30 +440,3 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.load(f))
   config.lock()
   return config
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             splits: tuple[str, ...] = ("validation", "test")) -> dict:
-  """Evaluates the latest checkpoint of a workdir's run on `splits`; writes eval_results.json."""
-  workdir = os.path.abspath(workdir)
-  manager = checkpoint.make_manager(workdir, create=False) if os.path.isdir(
-      checkpoint.checkpoint_dir(workdir)) else None
-  step = manager.latest_step() if manager is not None else None
-  if step is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train this workdir first "
-        f"(python run.py --config=... --workdir={workdir}).")
-  setup = _Setup(config)
-  state, _ = checkpoint.restore(manager, step, setup.initial_state,
-                                input_channels=setup.data.train.images.shape[-1])
-  results: dict[str, Any] = {"step": step}
-  for split in splits:
-    if split not in setup.splits:
-      continue
-    results[split] = setup.evaluate(state, split)
-    logging.info("eval %s at step %d | loss %.4f acc %.4f (%d examples)", split, step,
-                 results[split]["loss"], results[split]["accuracy"], results[split]["count"])
-  if _is_writer():
-    write_json(os.path.join(workdir, "eval_results.json"), results)
-  manager.close()
-  return results

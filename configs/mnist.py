@@ -105,16 +105,38 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
   config.train = dict(
       batch_size=BATCH_SIZES[variant],
       num_epochs=5,
+      num_steps=-1,        # >0: train exactly this many steps instead (may end mid-epoch)
+      # Stop once a metric reaches a value, checked after each epoch's evaluation:
+      # "split/metric>=value", e.g. "validation/accuracy>=0.9" or "train/loss<=0.2".
+      stop_when="",
+      # Stop after `patience` evaluations without improvement of `metric` (e.g.
+      # "validation/loss"; "" = off); mode "auto" minimises losses and errors.
+      early_stopping=dict(metric="", mode="auto", patience=5, min_delta=0.0),
       grad_accum_steps=1,  # >1: split each batch into this many micro-batches (less memory)
       steps_per_call=STEPS_PER_CALL[variant],  # same results for any value; speed only
       log_every_steps=500,
   )
-  config.eval = dict(batch_size=1000)
+  config.eval = dict(
+      batch_size=1000,
+      # bigjax/metrics.py: loss accuracy top<k>_accuracy precision recall f1 support
+      # confusion_matrix mse mae r2, or "package.module:factory".
+      metrics="loss,accuracy,precision,recall,f1,confusion_matrix",
+      every_epoch="validation",     # splits evaluated after each epoch
+      at_end="validation,test",     # splits evaluated when training ends
+  )
   config.checkpoint = dict(
       max_to_keep=2,
+      # Also keep the best checkpoint by this metric ("split/metric"; "" = none) in
+      # <workdir>/checkpoints_best; evaluate it with --mode=eval --step=best.
+      best_metric="validation/accuracy",
       # A workdir's checkpoint is only resumed under the same config (but for the keys in
       # bigjax.train.RESUMABLE_CHANGES); set True to resume anyway.
       allow_config_change=False,
+  )
+  config.report = dict(
+      plots=True,        # learning curves (each epoch), confusion matrix, prediction grids
+      html=True,         # report.html and report.md at the end
+      tensorboard=True,  # event files in <workdir>/tensorboard (no TensorFlow needed)
   )
   if small:
     config.data.max_train_examples = 2000

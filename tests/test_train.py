@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, train
+from bigjax import checkpoint, inference, train
 from bigjax.registry import ConfigError
 from configs import digits, fashion_mnist, mnist
 
@@ -223,7 +223,7 @@ def test_resume_under_a_different_config_is_refused(tmp_path):
 
 def test_eval_of_a_workdir_without_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
-    train.evaluate(digits.get_config(), str(tmp_path))
+    inference.evaluate(digits.get_config(), str(tmp_path))
 
 
 def test_nan_pixels_fail_before_training(tmp_path):
@@ -255,7 +255,7 @@ def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
   wider = _digits_config()
   wider.model.hidden_sizes = (256,)
   with pytest.raises(checkpoint.CheckpointMismatchError) as e:
-    train.evaluate(wider, str(tmp_path))
+    inference.evaluate(wider, str(tmp_path))
   message = str(e.value)
   assert "does not fit" in message
   assert "['params']['dense_0']['kernel']: checkpoint shape (64, 128), this config's shape (64, 256)" in message

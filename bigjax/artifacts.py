@@ -1,0 +1,157 @@
+"""The files a run leaves for people: metrics.csv, pictures, and the report.
+
+Called by the driver (process 0 only); everything here reads what the run already has and
+writes files into the workdir.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from bigjax import report, summary
+
+GRID_SIZE = 25  # the lessons' 5x5 grid
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics_csv(workdir: str) -> str:
+  """metrics.csv beside metrics.jsonl: one row per log line, one column per key."""
+  rows = read_metrics(workdir)
+  columns = ["split", "step", "epoch"]
+  columns += sorted({k for r in rows for k in r} - set(columns))
+  path = os.path.join(workdir, "metrics.csv")
+  with open(path + ".tmp", "w", newline="") as f:
+    out = csv.DictWriter(f, columns)
+    out.writeheader()
+    out.writerows(rows)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def plot_learning_curves(workdir: str, steps_per_epoch: int) -> str:
+  from bigjax import plots
+  return plots.learning_curves(read_metrics(workdir),
+                               os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
+
+
+def picture_split(splits) -> str:
+  """The split the pictures show: test when there is one."""
+  return "test" if "test" in splits else list(splits)[-1]
+
+
+def prediction_pictures(workdir: str, split: str, images: np.ndarray, labels: np.ndarray,
+                        probabilities: np.ndarray, class_names, stats) -> list[report.Picture]:
+  """The 5x5 grid of the first examples, and the most confidently wrong ones."""
+  from bigjax import plots
+  predicted = probabilities.argmax(-1)
+  confidence = probabilities.max(-1)
+  shown = plots.displayable(images[:GRID_SIZE], stats)
+  pictures = [report.Picture(
+      plots.prediction_grid(shown, labels[:GRID_SIZE], predicted[:GRID_SIZE],
+                            confidence[:GRID_SIZE], class_names,
+                            os.path.join(workdir, f"predictions_{split}.png"),
+                            f"The first {len(shown)} {split} images: predicted (confidence) / "
+                            "true; mistakes in red"),
+      f"The first {len(shown)} {split} images with predicted and true labels.")]
+  wrong = np.flatnonzero(predicted != labels)
+  if len(wrong):
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:GRID_SIZE]
+    pictures.append(report.Picture(
+        plots.prediction_grid(plots.displayable(images[worst], stats), labels[worst],
+                              predicted[worst], confidence[worst], class_names,
+                              os.path.join(workdir, f"confident_mistakes_{split}.png"),
+                              f"The {len(worst)} most confidently wrong {split} images "
+                              f"(of {len(wrong):,} mistakes)"),
+        f"The most confidently wrong {split} images."))
+  return pictures
+
+
+def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
+  """Pictures, then report.md and report.html, at the end of training."""
+  from bigjax import plots
+  pictures: list[report.Picture] = []
+  if config.report.plots:
+    pictures.append(report.Picture(plot_learning_curves(workdir, setup.steps_per_epoch),
+                                   "Learning curves: loss, accuracy and learning rate."))
+    split = picture_split(results["metrics"])
+    values = results["metrics"][split]
+    if "confusion_matrix" in values:
+      pictures.append(report.Picture(
+          plots.confusion_matrix(values["confusion_matrix"], setup.data.class_names,
+                                 os.path.join(workdir, f"confusion_matrix_{split}.png"),
+                                 f"Confusion matrix, {split} ({values['count']:,} examples)"),
+          f"Confusion matrix on the {split} split."))
+    images, labels = setup.splits[split]
+    probabilities = setup.probabilities(state, images)
+    pictures += prediction_pictures(workdir, split, np.asarray(images), np.asarray(labels),
+                                    probabilities, setup.data.class_names, setup.data.stats)
+  if config.report.html:
+    variables = {"params": state.params, **state.model_state}
+    model_summary = summary.summarize(setup.model, variables, setup.example_input)
+    write_report(workdir, config, results, setup.data.class_names, model_summary, pictures)
+
+
+def write_report(workdir: str, config, results: dict, class_names, model_summary: dict,
+                 pictures: list) -> tuple[str, str]:
+  final = results["metrics"]
+  split = picture_split(final) if final else None
+  headline = final.get(split, {}) if split else {}
+  when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  opening = (f"{config.model.name} on {config.data.name}: "
+             + (f"{split} accuracy {headline['accuracy']:.4f}, " if "accuracy" in headline
+                else "")
+             + f"{results['steps']:,} steps, {model_summary['trainable_params']:,} trainable "
+             f"parameters; trained in {results['train_seconds']:.1f} s. Written {when}.")
+  sections: list[report.Section] = [("Results", [report.Text(opening),
+                                                 report.metrics_table(final)])]
+  if split and (table := report.per_class_table(headline, class_names)) is not None:
+    sections.append((f"Per class ({split})", [table]))
+  if pictures:
+    sections.append(("Pictures", pictures))
+  sections.append(("Model", [report.Text(
+      f"Input {'x'.join(map(str, model_summary['input_shape']))}; depth "
+      f"{model_summary['depth']} ({model_summary['depth_definition']}); "
+      f"{model_summary['flops_per_example']:,} FLOPs per example (forward)."),
+      report.summary_table(model_summary)]))
+  timing = [["compile (s)", results["compile_seconds"]],
+            ["train, including compile (s)", results["train_seconds"]],
+            ["evaluation (s)", results["eval_seconds"]],
+            ["steady examples/s", results["steady_examples_per_second"] or "-"],
+            ["steps", results["steps"]], ["epochs", results["epochs"]],
+            ["resumed from step", results["resumed_from_step"] or "-"],
+            ["stopped early", results["stopped_early"] or "no"]]
+  if results.get("best_checkpoint"):
+    best = results["best_checkpoint"]
+    timing.append(["best checkpoint", f"step {best['step']}: {best['metric']} "
+                                      f"{best['value']:.4f}"])
+  sections.append(("Timing", [report.Table(["", ""], timing)]))
+  sections.append(("Environment", [report.Table(["", ""], [
+      [k, v] for k, v in sorted(_library_versions(results["environment"]).items())])]))
+  sections.append(("Config", [report.config_text(config.to_json_best_effort())]))
+  return report.write(workdir, f"bigjax run: {os.path.basename(workdir)}", sections)
+
+
+def _library_versions(environment: dict) -> dict[str, Any]:
+  versions = dict(environment)
+  for name in ("orbax.checkpoint", "numpy", "tensorflow_datasets"):
+    try:
+      module = __import__(name, fromlist=["__version__"])
+      versions[name.split(".")[0]] = getattr(module, "__version__", "?")
+    except ImportError:
+      pass
+  versions["jaxlib backend"] = jax.default_backend()
+  return versions

@@ -1,0 +1,103 @@
+"""The eval and predict modes: a saved run's params on a split or on image files."""
+
+from __future__ import annotations
+
+import csv
+import logging as py_logging
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from bigjax import checkpoint, metrics as metrics_lib
+from bigjax.data.images import load_image_files
+from bigjax.reporting import write_json
+from bigjax.train import Setup, _is_writer, split_names
+
+logging = py_logging.getLogger(__name__)
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str,
+            step: str | int = "latest") -> tuple[Setup, Any, int]:
+  """(setup, train state, step) of a workdir's checkpoint: "latest", "best" or a step."""
+  workdir = os.path.abspath(workdir)
+  kind = checkpoint.BEST if step == "best" else checkpoint.LATEST
+  folder = checkpoint.checkpoint_dir(workdir, kind)
+  manager = (checkpoint.make_manager(workdir, create=False, kind=kind)
+             if os.path.isdir(folder) else None)
+  steps = manager.all_steps() if manager is not None else []
+  if not steps:
+    why = (" (config.checkpoint.best_metric was off, or no epoch has ended)"
+           if kind == checkpoint.BEST else "")
+    raise FileNotFoundError(
+        f"No checkpoint in {folder}{why}: train this workdir first "
+        f"(python run.py --config=... --workdir={workdir}).")
+  chosen = max(steps) if step in ("latest", "best") else int(step)
+  if chosen not in steps:
+    raise FileNotFoundError(f"{folder} has no checkpoint at step {chosen}; it has steps "
+                            f"{sorted(steps)}. Pass --step=latest, best, or one of those.")
+  setup = Setup(config)
+  state, _ = checkpoint.restore(manager, chosen, setup.initial_state,
+                                input_channels=setup.data.train.images.shape[-1])
+  manager.close()
+  logging.info("restored step %d from %s", chosen, folder)
+  return setup, state, chosen
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             splits: str | Sequence[str] | None = None, step: str | int = "latest") -> dict:
+  """Evaluates a checkpoint on `splits` (default config.eval.at_end); writes
+  eval_results.json (per split: every configured metric)."""
+  setup, state, chosen = restore(config, workdir, step)
+  names = split_names(splits if splits is not None else config.eval.at_end, "--split", setup)
+  results: dict[str, Any] = {"step": chosen, "checkpoint": str(step)}
+  for split in names:
+    results[split] = setup.evaluate(state, split)
+    logging.info("eval %s at step %d | %s (%d examples)", split, chosen, " ".join(
+        f"{k} {v:.4f}" for k, v in metrics_lib.scalars(results[split]).items() if k != "count"),
+        results[split]["count"])
+  if _is_writer():
+    write_json(os.path.join(workdir, "eval_results.json"), results)
+  return results
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None = None,
+            files: Sequence[str] = (), step: str | int = "latest") -> str:
+  """Writes predictions (class, its name, confidence, every class probability) for a split
+  (predictions_<split>.csv) or for image files (predictions_files.csv); returns the path."""
+  setup, state, _ = restore(config, workdir, step)
+  names = setup.data.class_names
+  if files:
+    images = load_image_files(files, setup.data.train.images.shape[1:], setup.data.stats)
+    keys, labels, out_name = list(files), None, "predictions_files.csv"
+    probabilities = setup.probabilities(state, jax.device_put(images))
+  else:
+    split = split or "test"
+    setup.check_split(split, "--split")
+    images, labels = setup.splits[split]
+    keys, out_name = list(range(len(labels))), f"predictions_{split}.csv"
+    labels = np.asarray(labels)
+    probabilities = setup.probabilities(state, images)
+  predicted = probabilities.argmax(-1)
+  path = os.path.join(os.path.abspath(workdir), out_name)
+  with open(path + ".tmp", "w", newline="") as f:
+    out = csv.writer(f)
+    header = ["file" if files else "index"] + ([] if labels is None else ["label"])
+    out.writerow(header + ["predicted", "predicted_name", "confidence"]
+                 + [f"p_{name}" for name in names])
+    for i, key in enumerate(keys):
+      row = [key] + ([] if labels is None else [int(labels[i])])
+      out.writerow(row + [int(predicted[i]), names[predicted[i]],
+                          f"{probabilities[i, predicted[i]]:.6f}"]
+                   + [f"{p:.6f}" for p in probabilities[i]])
+  os.replace(path + ".tmp", path)
+  if files:
+    for key, guess, p in zip(keys, predicted, probabilities):
+      logging.info("%s: %s (%.1f%%)", key, names[guess], 100 * p[guess])
+  else:
+    logging.info("%d %s predictions, accuracy %.4f", len(keys), split,
+                 float((predicted == labels).mean()))
+  logging.info("predictions written to %s", path)
+  return path

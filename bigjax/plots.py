@@ -1,0 +1,120 @@
+"""The run's pictures as PNG files: learning curves, confusion matrix, prediction grids.
+
+Matplotlib with its non-interactive Agg backend, so plotting works on a machine with no
+display; each function writes one file and closes its figure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)  # a reader (or the report) never sees half a picture
+  return path
+
+
+def learning_curves(rows: Sequence[Mapping[str, Any]], path: str,
+                    steps_per_epoch: int) -> str:
+  """Train and validation loss and accuracy, and the learning rate, against step (bottom
+  axis) and epoch (top axis), from metrics.jsonl rows."""
+  def series(split, key):
+    points = [(r["step"], r[key]) for r in rows if r.get("split") == split and key in r]
+    return tuple(zip(*points)) if points else ((), ())
+
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, key in zip(axes[:2], ("loss", "accuracy")):
+    for split, style in (("train", "-"), ("validation", "o-")):
+      steps, values = series(split, key)
+      if steps:
+        ax.plot(steps, values, style, label=split, markersize=4)
+    ax.set_title(key)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  steps, rates = series("train", "learning_rate")
+  axes[2].plot(steps, rates, color="tab:green")
+  axes[2].set_title("learning rate")
+  axes[2].set_xlabel("step")
+  axes[2].grid(alpha=0.3)
+  if steps_per_epoch > 0:
+    for ax in axes:
+      top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
+                                                 lambda e: e * steps_per_epoch))
+      top.set_xlabel("epoch")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str,
+                     title: str = "confusion matrix") -> str:
+  """A heatmap coloured by the fraction of each true class, annotated with counts."""
+  matrix = np.asarray(matrix)
+  num_classes = len(matrix)
+  fractions = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  size = max(5.0, 0.55 * num_classes + 2)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+  ticks = np.arange(num_classes)
+  ax.set_xticks(ticks, [str(n) for n in class_names], rotation=45, ha="right")
+  ax.set_yticks(ticks, [str(n) for n in class_names])
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  if num_classes <= 30:
+    for i in range(num_classes):
+      for j in range(num_classes):
+        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                color="white" if fractions[i, j] > 0.5 else "black")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def displayable(images: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+  """Model inputs back to [0, 1] pixels: undoes the standardisation saved with the run."""
+  images = np.asarray(images, np.float32)
+  if "mean" in stats:
+    images = images * np.asarray(stats["std"], np.float32) + np.asarray(stats["mean"],
+                                                                          np.float32)
+  return np.clip(images, 0.0, 1.0)
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                    confidence: np.ndarray, class_names: Sequence[str], path: str,
+                    title: str, columns: int = 5) -> str:
+  """Images titled "predicted (confidence) / true label"; mistakes in red."""
+  n = len(images)
+  rows = max(1, -(-n // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.8 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, image, true, guess, conf in zip(axes.ravel(), images, labels, predicted, confidence):
+    if image.shape[-1] == 1:
+      ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+      ax.imshow(image)
+    wrong = int(true) != int(guess)
+    ax.set_title(f"{class_names[int(guess)]} ({conf:.0%})\ntrue: {class_names[int(true)]}",
+                 fontsize=9, color="red" if wrong else "black")
+    if wrong:
+      for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color("red")
+        spine.set_linewidth(3)
+      ax.axis("on")
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)

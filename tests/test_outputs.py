@@ -1,0 +1,214 @@
+"""What a run leaves for people (pictures, report, logs), eval/predict modes, termination."""
+
+import csv
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from bigjax import inference, metrics, train
+from bigjax.registry import ConfigError
+from configs import digits
+
+
+def _config(**overrides):
+  config = digits.get_config()
+  with config.unlocked():
+    config.train.num_epochs = 3
+    for key, value in overrides.items():
+      section, _, name = key.rpartition(".")
+      target = config
+      for part in section.split(".") if section else []:
+        target = target[part]
+      target[name] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = _config()
+  return config, workdir, train.run(config, workdir)
+
+
+class _PageParser(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.images, self.links, self.headings, self._in_heading = [], [], [], False
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "img":
+      self.images.append(attrs["src"])
+    for key in ("href", "src"):
+      if key in attrs:
+        self.links.append(attrs[key])
+    self._in_heading = tag == "h2"
+
+  def handle_data(self, data):
+    if self._in_heading:
+      self.headings.append(data)
+      self._in_heading = False
+
+
+def test_a_run_writes_pictures_report_csv_and_tensorboard(finished_run):
+  from PIL import Image
+  config, workdir, results = finished_run
+  for name in ("learning_curves.png", "confusion_matrix_test.png", "predictions_test.png",
+               "confident_mistakes_test.png"):
+    with Image.open(os.path.join(workdir, name)) as image:
+      image.verify()  # a complete, valid PNG
+      assert image.format == "PNG" and min(image.size) > 200, name
+
+  page = open(os.path.join(workdir, "report.html")).read()
+  parser = _PageParser()
+  parser.feed(page)
+  assert parser.headings == ["Results", "Per class (test)", "Pictures", "Model", "Timing",
+                             "Environment", "Config"]
+  assert len(parser.images) == 4 and all(src.startswith("data:image/png;base64,")
+                                         for src in parser.images)
+  assert not [link for link in parser.links if not link.startswith("data:")]  # opens offline
+  assert f"{results['test_accuracy']:.4f}" in page and "f1_macro" in page
+  markdown = open(os.path.join(workdir, "report.md")).read()
+  assert "![Confusion matrix on the test split.](confusion_matrix_test.png)" in markdown
+
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  with open(os.path.join(workdir, "metrics.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == len(rows) and table[-1]["split"] == "test"
+  assert float(table[-1]["accuracy"]) == results["test_accuracy"]
+  assert {r["split"] for r in rows} == {"train", "validation", "test"}
+
+  event_accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  events.Reload()
+  assert len(events.Scalars("validation/accuracy")) == 3  # one per epoch
+  assert events.Scalars("test/accuracy")[-1].value == pytest.approx(results["test_accuracy"])
+
+
+def test_report_renders_in_a_headless_browser(finished_run):
+  browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(b)), None)
+  if browser is None:
+    pytest.skip("no headless Chromium installed")
+  _, workdir, _ = finished_run
+  dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                        "file://" + os.path.join(workdir, "report.html")],
+                       capture_output=True, text=True, timeout=120).stdout
+  assert "Per class (test)" in dom and dom.count("<img") == 4
+
+
+def test_eval_mode_reproduces_every_final_metric(finished_run):
+  config, workdir, results = finished_run
+  evaluated = inference.evaluate(config, workdir, "validation,test")
+  assert evaluated["step"] == results["steps"]
+  assert evaluated["test"] == results["metrics"]["test"]  # per class, confusion matrix too
+  assert evaluated["validation"] == results["metrics"]["validation"]
+  written = json.load(open(os.path.join(workdir, "eval_results.json")))
+  assert written["test"]["confusion_matrix"] == results["metrics"]["test"]["confusion_matrix"]
+
+  best = results["best_checkpoint"]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  accuracies = {r["step"]: r["accuracy"] for r in rows if r["split"] == "validation"}
+  assert best["metric"] == "validation/accuracy"
+  assert best["value"] == max(accuracies.values())
+  assert best["step"] == min(s for s, a in accuracies.items() if a == best["value"])
+  at_best = inference.evaluate(config, workdir, "validation", step="best")
+  assert at_best["step"] == best["step"] and at_best["validation"]["accuracy"] == best["value"]
+
+
+def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
+  from PIL import Image
+  config, workdir, results = finished_run
+  path = inference.predict(config, workdir, "test")
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == results["metrics"]["test"]["count"]
+  accuracy = np.mean([r["label"] == r["predicted"] for r in rows])
+  assert accuracy == pytest.approx(results["test_accuracy"])
+  probabilities = np.array([[float(r[f"p_{c}"]) for c in range(10)] for r in rows])
+  np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+  # The same test images as PNG files (8-bit, so a little rounding) predict the same.
+  setup = train.Setup(config)
+  files = []
+  for i in range(6):
+    pixels = np.rint(setup.data.test.images[i, ..., 0] * 255).astype(np.uint8)
+    files.append(str(tmp_path / f"digit{i}.png"))
+    Image.fromarray(pixels).save(files[-1])
+  path = inference.predict(config, workdir, files=files)
+  with open(path) as f:
+    from_files = list(csv.DictReader(f))
+  assert [r["file"] for r in from_files] == files
+  confident = [i for i in range(6) if float(rows[i]["confidence"]) > 0.9]
+  assert confident
+  for i in confident:
+    assert from_files[i]["predicted"] == rows[i]["predicted"]
+
+
+def test_predict_on_an_unreadable_image(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  bad = tmp_path / "notes.png"
+  bad.write_text("not an image")
+  with pytest.raises(ValueError, match="Cannot read .*notes.png as an image"):
+    inference.predict(config, workdir, files=[str(bad)])
+  with pytest.raises(FileNotFoundError, match="no such image file"):
+    inference.predict(config, workdir, files=[str(tmp_path / "missing.png")])
+
+
+def test_eval_of_a_step_that_does_not_exist(finished_run):
+  config, workdir, _ = finished_run
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7; it has steps \["):
+    inference.evaluate(config, workdir, step=7)
+
+
+def test_stop_when_a_target_is_reached_and_stay_stopped(tmp_path):
+  config = _config(**{"train.num_epochs": 10, "train.stop_when": "validation/accuracy>=0.5"})
+  results = train.run(config, str(tmp_path))
+  steps_per_epoch = results["steps"]  # accuracy passes 0.5 after the first epoch
+  assert results["stopped_early"] == "validation/accuracy reached >= 0.5"
+  assert steps_per_epoch == 1294 // 32  # digits: 1,294 training examples, batch 32
+  again = train.run(config, str(tmp_path))  # the same workdir: nothing more to train
+  assert again["steps"] == steps_per_epoch and again["resumed_from_step"] == steps_per_epoch
+
+
+def test_num_steps_ends_mid_epoch(tmp_path):
+  results = train.run(_config(**{"train.num_steps": 50, "report.plots": False,
+                                 "report.html": False}), str(tmp_path))
+  assert results["steps"] == 50 and results["epochs"] == 2
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "50"]
+  assert not os.path.exists(tmp_path / "report.html")
+
+
+def test_early_stopping_through_the_driver_on_a_scripted_metric(tmp_path):
+  scripted = iter([0.50, 0.60, 0.55, 0.58, 0.59, 0.9, 0.9, 0.9])
+
+  # (The config check before training evaluates one 8-example batch: not part of the script.)
+  metrics.METRICS.register("scripted")(metrics.Metric(
+      ("count",), lambda t: {"scripted": next(scripted) if t["count"] > 8 else 0.0}))
+  try:
+    config = _config(**{"train.num_epochs": 8, "eval.metrics": "accuracy,scripted",
+                        "eval.at_end": "validation", "train.early_stopping.metric":
+                        "validation/scripted", "train.early_stopping.patience": 3,
+                        "report.plots": False, "report.html": False})
+    results = train.run(config, str(tmp_path))
+  finally:
+    metrics.METRICS.unregister("scripted")
+  # Best 0.60 after epoch 2; epochs 3, 4 and 5 do not improve on it: stop after epoch 5.
+  assert results["steps"] == 5 * 40 and results["epochs"] == 8
+  assert results["stopped_early"].startswith("early stopping: validation/scripted")
+
+
+def test_bad_metric_and_split_names_fail_before_training(tmp_path):
+  with pytest.raises(ConfigError, match=r'Unknown metric "acc".*Known metrics'):
+    train.run(_config(**{"eval.metrics": "loss,acc"}), str(tmp_path / "a"))
+  with pytest.raises(ConfigError, match='split "valid", which this data does not have. '
+                                        'Did you mean "validation"'):
+    train.run(_config(**{"eval.every_epoch": "valid"}), str(tmp_path / "b"))
+  with pytest.raises(ConfigError, match='no metric "acc"'):
+    train.run(_config(**{"checkpoint.best_metric": "validation/acc"}), str(tmp_path / "c"))
