@@ -89,16 +89,29 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
                                    "Learning curves: loss, accuracy and learning rate."))
     split = picture_split(results["metrics"])
     values = results["metrics"][split]
+    images, labels = setup.splits[split]
+    if setup.data.is_regression:
+      outputs = setup.outputs(state, images)
+      pictures.append(report.Picture(
+          plots.predicted_vs_true(np.asarray(labels), outputs[:, 0],
+                                  os.path.join(workdir, f"predicted_vs_true_{split}.png"),
+                                  f"{split}: predicted against true ({len(outputs):,} examples)"),
+          f"Predicted against true values on the {split} split."))
+      write_report_if(config, workdir, results, setup, state, pictures)
+      return
     if "confusion_matrix" in values:
       pictures.append(report.Picture(
           plots.confusion_matrix(values["confusion_matrix"], setup.data.class_names,
                                  os.path.join(workdir, f"confusion_matrix_{split}.png"),
                                  f"Confusion matrix, {split} ({values['count']:,} examples)"),
           f"Confusion matrix on the {split} split."))
-    images, labels = setup.splits[split]
     probabilities = setup.probabilities(state, images)
     pictures += prediction_pictures(workdir, split, np.asarray(images), np.asarray(labels),
                                     probabilities, setup.data.class_names, setup.data.stats)
+  write_report_if(config, workdir, results, setup, state, pictures)
+
+
+def write_report_if(config, workdir: str, results: dict, setup, state, pictures: list) -> None:
   if config.report.html:
     variables = {"params": state.params, **state.model_state}
     model_summary = summary.summarize(setup.model, variables, setup.example_input)
@@ -112,8 +125,8 @@ def write_report(workdir: str, config, results: dict, class_names, model_summary
   headline = final.get(split, {}) if split else {}
   when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   opening = (f"{config.model.name} on {config.data.name}: "
-             + (f"{split} accuracy {headline['accuracy']:.4f}, " if "accuracy" in headline
-                else "")
+             + "".join(f"{split} {name} {headline[name]:.4f}, " for name in ("accuracy", "r2")
+                       if name in headline)
              + f"{results['steps']:,} steps, {model_summary['trainable_params']:,} trainable "
              f"parameters; trained in {results['train_seconds']:.1f} s. Written {when}.")
   sections: list[report.Section] = [("Results", [report.Text(opening),

@@ -68,6 +68,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
   """Writes predictions (class, its name, confidence, every class probability) for a split
   (predictions_<split>.csv) or for image files (predictions_files.csv); returns the path."""
   setup, state, _ = restore(config, workdir, step)
+  if setup.data.is_regression:
+    return _predict_regression(setup, state, workdir, split, files)
   names = setup.data.class_names
   if files:
     images = load_image_files(files, setup.data.train.images.shape[1:], setup.data.stats)
@@ -100,4 +102,25 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
     logging.info("%d %s predictions, accuracy %.4f", len(keys), split,
                  float((predicted == labels).mean()))
   logging.info("predictions written to %s", path)
+  return path
+
+
+def _predict_regression(setup: Setup, state, workdir: str, split: str | None,
+                        files: Sequence[str]) -> str:
+  if files:
+    raise ValueError("This run is a regression on feature vectors; --mode=predict takes a "
+                     "--split for it, not image files.")
+  split = split or "test"
+  setup.check_split(split, "--split")
+  images, labels = setup.splits[split]
+  outputs = setup.outputs(state, images)
+  path = os.path.join(os.path.abspath(workdir), f"predictions_{split}.csv")
+  with open(path + ".tmp", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["index", "target"] + [f"prediction_{j}" if outputs.shape[1] > 1
+                                        else "prediction" for j in range(outputs.shape[1])])
+    for i, (target, row) in enumerate(zip(np.asarray(labels), outputs)):
+      out.writerow([i, f"{float(target):.6g}"] + [f"{v:.6g}" for v in row])
+  os.replace(path + ".tmp", path)
+  logging.info("%d %s predictions written to %s", len(outputs), split, path)
   return path

@@ -70,17 +70,27 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   return sq.reshape(sq.shape[0], -1).mean(axis=1)
 
 
+def regression_targets(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
+  """`batch["target"]`; else float labels (regression targets, [B] for [B, 1] outputs);
+  else one-hot integer labels."""
+  if "target" in batch:
+    return batch["target"]
+  labels = batch["label"]
+  if jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == outputs_BxC.ndim - 1:
+    return labels.reshape(outputs_BxC.shape[0], *([1] * (outputs_BxC.ndim - 1)))
+  return _targets_like(outputs_BxC, labels)
+
+
 @register_loss("mean_squared_error")
 def mean_squared_error_loss(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
-  """MSE between the raw outputs and `batch["target"]`, or the one-hot labels if absent."""
-  targets = batch["target"] if "target" in batch else _targets_like(outputs_BxC, batch["label"])
-  return mean_squared_error(outputs_BxC, targets)
+  """MSE between the raw outputs and the regression targets (see regression_targets)."""
+  return mean_squared_error(outputs_BxC, regression_targets(outputs_BxC, batch))
 
 
 @register_loss("mean_absolute_error")
 def mean_absolute_error_loss(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
-  """MAE between the raw outputs and `batch["target"]`, or the one-hot labels if absent."""
-  targets = batch["target"] if "target" in batch else _targets_like(outputs_BxC, batch["label"])
+  """MAE between the raw outputs and the regression targets (see regression_targets)."""
+  targets = regression_targets(outputs_BxC, batch)
   diff = jnp.abs(targets.astype(jnp.float32) - outputs_BxC.astype(jnp.float32))
   return diff.reshape(diff.shape[0], -1).mean(axis=1)
 

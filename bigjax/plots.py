@@ -32,8 +32,11 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], path: str,
     points = [(r["step"], r[key]) for r in rows if r.get("split") == split and key in r]
     return tuple(zip(*points)) if points else ((), ())
 
+  # The second panel: accuracy for classification, else the first regression metric logged.
+  second = next((key for key in ("accuracy", "r2", "mae", "mse")
+                 if any(key in r for r in rows)), "accuracy")
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for ax, key in zip(axes[:2], ("loss", "accuracy")):
+  for ax, key in zip(axes[:2], ("loss", second)):
     for split, style in (("train", "-"), ("validation", "o-")):
       steps, values = series(split, key)
       if steps:
@@ -41,7 +44,8 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], path: str,
     ax.set_title(key)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+      ax.legend()
   steps, rates = series("train", "learning_rate")
   axes[2].plot(steps, rates, color="tab:green")
   axes[2].set_title("learning rate")
@@ -116,5 +120,21 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
       ax.set_xticks([])
       ax.set_yticks([])
   fig.suptitle(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: str, title: str) -> str:
+  """Regression: each example's prediction against its target, with the y = x line."""
+  true, predicted = np.ravel(true), np.ravel(predicted)
+  fig, ax = plt.subplots(figsize=(5.5, 5))
+  ax.scatter(true, predicted, s=12, alpha=0.6)
+  low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+  ax.plot([low, high], [low, high], color="tab:red", linewidth=1, label="perfect")
+  ax.set_xlabel("true")
+  ax.set_ylabel("predicted")
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(alpha=0.3)
   fig.tight_layout()
   return _save(fig, path)

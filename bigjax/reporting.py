@@ -75,9 +75,15 @@ class Progress:
     now = self._paused_at if self._paused_at is not None else time.perf_counter()
     return (step - self._start_step) / max(now - self._start_time, 1e-9)
 
+  def bar(self, step: int, width: int = 20) -> str:
+    """[#####---------------] 25%"""
+    fraction = min(max(step / max(self.total_steps, 1), 0.0), 1.0)
+    filled = int(round(fraction * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {fraction:4.0%}"
+
   def line(self, step: int) -> str:
     rate = self.steps_per_second(step)
     if not np.isfinite(rate):
-      return "ETA --"
+      return f"{self.bar(step)} | ETA --"
     eta = datetime.timedelta(seconds=round((self.total_steps - step) / rate))
-    return f"{rate * self.batch_size:,.0f} ex/s | ETA {eta}"
+    return f"{self.bar(step)} | {rate * self.batch_size:,.0f} ex/s | ETA {eta}"

@@ -74,6 +74,11 @@ def example_weights(batch: dict) -> jax.Array:
   return weights
 
 
+def is_regression_target(labels: jax.Array) -> bool:
+  """Float labels [B] are regression targets (float [B, C] are soft class labels)."""
+  return bool(jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == 1)
+
+
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
                     grad_accum_steps: int = 1) -> Callable:
   """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site.
@@ -98,7 +103,10 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
     (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
         loss_sum_of, has_aux=True)(params)
-    correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
+    if is_regression_target(batch["label"]):
+      correct = jnp.zeros(())
+    else:
+      correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
     return grads, (loss_sum, weights.sum(), correct), new_model_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -134,8 +142,10 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=new_model_state)
-    return new_state, {"loss": loss, "accuracy": correct / denominator,
-                       "learning_rate": current_learning_rate(opt_state)}
+    step_metrics = {"loss": loss, "learning_rate": current_learning_rate(opt_state)}
+    if not is_regression_target(batch["label"]):
+      step_metrics["accuracy"] = correct / denominator
+    return new_state, step_metrics
 
   return train_step
 

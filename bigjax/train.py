@@ -62,7 +62,9 @@ class Setup:
                    for name, s in self.data.splits().items()}
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
                  + f" examples of shape {self.data.train.images.shape[1:]}, "
-                 f"{self.data.num_classes} classes ({time.perf_counter() - t0:.1f} s)")
+                 + ("regression targets" if self.data.is_regression
+                    else f"{self.data.num_classes} classes")
+                 + f" ({time.perf_counter() - t0:.1f} s)")
     # --------------------------------------------------------------- model
     self.model = build_model(config.model)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -91,15 +93,15 @@ class Setup:
     def eval_on_indices(state, images, labels, indices, mask):
       return eval_step(state, gather_batch(images, labels, indices, mask))
 
-    def probabilities_on_indices(state, images, indices):
-      logits = predict_logits(self.model, state, jnp.take(images, indices, axis=0))
-      return jax.nn.softmax(logits.astype(jnp.float32))
+    def outputs_on_indices(state, images, indices):
+      return predict_logits(self.model, state,
+                            jnp.take(images, indices, axis=0)).astype(jnp.float32)
 
     self.train_on_indices = jax.jit(train_on_indices, donate_argnums=0)
     self.steps_per_call = config.train.get("steps_per_call", 1)
     self.train_many_on_indices = jax.jit(scan_steps(train_on_indices), donate_argnums=0)
     self.eval_on_indices = jax.jit(eval_on_indices)
-    self.probabilities_on_indices = jax.jit(probabilities_on_indices)
+    self.outputs_on_indices = jax.jit(outputs_on_indices)
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
     self.eval_batch_size = min(config.eval.batch_size, largest)
 
@@ -126,11 +128,17 @@ class Setup:
     values = metrics_lib.compute(self.metric_names, metrics_lib.total([jax.device_get(sums)]))
     return set(metrics_lib.scalars(values))
 
-  def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
-    """Softmax outputs [N, C] for model-ready images [N, H, W, C]."""
+  def outputs(self, state: TrainState, images: jax.Array) -> np.ndarray:
+    """The model's outputs [N, C] (eval mode) for model-ready images [N, H, W, C]."""
     indices, mask = data_lib.padded_batches(len(images), self.eval_batch_size)
-    out = [self.probabilities_on_indices(state, images, batch) for batch in indices]
+    out = [self.outputs_on_indices(state, images, batch) for batch in indices]
     return np.concatenate(jax.device_get(out))[:len(images)]
+
+  def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
+    """Softmax class probabilities [N, C] for model-ready images [N, H, W, C]."""
+    logits = self.outputs(state, images).astype(np.float64)
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return (exp / exp.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def _environment() -> dict:
@@ -157,6 +165,7 @@ def split_names(spec: str | tuple, config_key: str, setup: Setup) -> list[str]:
 
 
 TRAIN_VALUES = ("loss", "accuracy", "learning_rate")  # what "train/..." keys can name
+                                                      # (accuracy: classification only)
 
 
 def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
@@ -171,7 +180,8 @@ def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
     return
   names = setup.metric_value_names()
   values = {split: dict.fromkeys(names, 0.0) for split in epoch_splits}
-  values["train"] = dict.fromkeys(TRAIN_VALUES, 0.0)
+  values["train"] = {name: 0.0 for name in TRAIN_VALUES
+                     if not (name == "accuracy" and setup.data.is_regression)}
   for where, key in keys.items():
     if termination.lookup(values, key, where) is None:
       raise ConfigError(
@@ -287,9 +297,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.write({"split": "train", "step": last_step, "epoch": epoch + 1, **row})
     if board:
       board.scalars(last_step, {f"train/{key}": v for key, v in row.items()})
-    logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f lr %.3g | %s", epoch + 1,
+    logging.info("epoch %d/%d step %d/%d | loss %.4f%s lr %.3g | %s", epoch + 1,
                  num_epochs, last_step, total_steps, row["loss"],
-                 row["accuracy"], row["learning_rate"], progress.line(last_step))
+                 f" acc {row['accuracy']:.4f}" if "accuracy" in row else "",
+                 row["learning_rate"], progress.line(last_step))
 
   def end_of_epoch(epoch: int) -> str | None:
     """Evaluates, decides whether to stop, checkpoints; returns why to stop, or None."""
@@ -302,9 +313,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if board:
         board.scalars(step, {f"{split}/{key}": v for key, v in scalars.items()})
     train_row = latest.get("train", {})
-    logging.info("epoch %d/%d done at step %d | train loss %.4f acc %.4f%s", epoch + 1,
-                 num_epochs, step, train_row.get("loss", np.nan),
-                 train_row.get("accuracy", np.nan),
+    logging.info("epoch %d/%d done at step %d | train %s%s", epoch + 1, num_epochs, step,
+                 " ".join(f"{name} {train_row[name]:.4f}" for name in ("loss", "accuracy")
+                          if name in train_row),
                  "".join(f" | {split} " + " ".join(
                      f"{name} {latest[split][name]:.4f}" for name in _HEADLINE
                      if name in latest[split]) for split in epoch_splits))
@@ -424,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_manager.close()
   headline = final.get("test") or next(iter(final.values()), {})
   logging.info("done: %s, %s params, trained in %.1f s (compile %.2f s); outputs in %s",
-               " ".join(f"{n} {headline[n]:.4f}" for n in ("accuracy",) if n in headline)
+               " ".join(f"{n} {headline[n]:.4f}" for n in ("accuracy", "r2") if n in headline)
                or "no final evaluation", f"{setup.num_params:,}", train_seconds,
                compile_seconds, workdir)
   return results

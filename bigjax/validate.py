@@ -41,6 +41,12 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   num_classes = config.model.get("num_classes")
   if num_classes is None:
     return
+  if data.is_regression:
+    if num_classes != 1:
+      raise ConfigError(
+          f"This data has one float regression target per example, but the model has "
+          f"num_classes={num_classes} outputs. Set --config.model.num_classes=1.")
+    return
   for name, split in data.splits().items():
     if len(split) == 0:
       raise ConfigError(f"The {name} split is empty; check config.data.")

@@ -212,3 +212,49 @@ def test_bad_metric_and_split_names_fail_before_training(tmp_path):
     train.run(_config(**{"eval.every_epoch": "valid"}), str(tmp_path / "b"))
   with pytest.raises(ConfigError, match='no metric "acc"'):
     train.run(_config(**{"checkpoint.best_metric": "validation/acc"}), str(tmp_path / "c"))
+
+
+def test_a_regression_config_end_to_end(tmp_path):
+  from configs import diabetes
+  config = diabetes.get_config()
+  with config.unlocked():
+    config.train.num_epochs = 40
+  workdir = str(tmp_path)
+  results = train.run(config, workdir)
+  test = results["metrics"]["test"]
+  assert set(test) == {"count", "loss", "mse", "mae", "r2"} and test["count"] == 88
+  assert test["mse"] == pytest.approx(test["loss"])  # the loss is the MSE
+  assert test["r2"] > 0.3, test  # measured 0.50 after the config's 100 epochs
+  assert "train_accuracy" not in results and results["best_checkpoint"]["metric"] == "validation/r2"
+  assert os.path.exists(os.path.join(workdir, "predicted_vs_true_test.png"))
+  assert "test r2" in open(os.path.join(workdir, "report.html")).read()
+
+  assert inference.evaluate(config, workdir, "test")["test"] == test
+  with open(inference.predict(config, workdir, "test")) as f:
+    rows = list(csv.DictReader(f))
+  errors = np.array([float(r["prediction"]) - float(r["target"]) for r in rows])
+  assert np.mean(errors ** 2) == pytest.approx(test["mse"], rel=1e-4)
+
+
+def test_regression_targets_need_one_output(tmp_path):
+  from configs import diabetes
+  config = diabetes.get_config()
+  with config.unlocked():
+    config.model.num_classes = 10
+  with pytest.raises(ConfigError, match="Set --config.model.num_classes=1"):
+    train.run(config, str(tmp_path))
+
+
+def test_progress_bar_and_eta_leave_out_compilation_and_evaluation(monkeypatch):
+  from bigjax import reporting
+  clock = [100.0]
+  monkeypatch.setattr(reporting.time, "perf_counter", lambda: clock[0])
+  progress = reporting.Progress(total_steps=100, batch_size=10)
+  assert progress.line(0).startswith("[--------------------]   0% | ETA --")
+  progress.start(step=1)  # after the first (compiling) step
+  clock[0] += 2.0         # 20 steps in 2 s
+  progress.pause()
+  clock[0] += 50.0        # evaluation: not training time
+  progress.resume()
+  assert progress.bar(21) == "[####----------------]  21%"
+  assert progress.line(21).endswith("| 100 ex/s | ETA 0:00:08")  # 79 steps at 10/s

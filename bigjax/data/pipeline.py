@@ -18,7 +18,7 @@ from bigjax.registry import ConfigError
 @dataclasses.dataclass
 class Split:
   images: np.ndarray   # float32 [N, H, W, C], scaled (and standardised if asked)
-  labels: np.ndarray   # int32 [N]
+  labels: np.ndarray   # int32 [N] (float32 targets [N] for regression)
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -35,6 +35,11 @@ class PreparedData:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def is_regression(self) -> bool:
+    """Float labels are regression targets."""
+    return bool(np.issubdtype(self.train.labels.dtype, np.floating))
 
   def splits(self) -> dict[str, Split]:
     out = {"train": self.train, "test": self.test}

@@ -1,7 +1,7 @@
 """Data sources, chosen by `config.data.source`: where the raw train and test arrays come from.
 
 A source maps the data config to a `RawData`: uint8 (or float) images [N, H, W, C] and int
-labels [N] for a train and a test split. Everything after that (validation split, scaling,
+labels [N] (or, for regression, float targets [N]) for a train and a test split. Everything after that (validation split, scaling,
 batching) is the same for every source.
 """
 
@@ -27,7 +27,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 @dataclasses.dataclass
 class RawData:
   train_images: np.ndarray   # [N, H, W, C]
-  train_labels: np.ndarray   # int32 [N]
+  train_labels: np.ndarray   # int32 [N]; float32 [N] targets for regression
   test_images: np.ndarray
   test_labels: np.ndarray
   pixel_max: float           # images / pixel_max lies in [0, 1]
@@ -87,6 +87,26 @@ def load_digits(data_config: Mapping[str, Any]) -> RawData:
   test, train = order[:n_test], order[n_test:]
   return RawData(images[train], labels[train], images[test], labels[test], 16.0,
                  [str(i) for i in range(10)])
+
+
+@register_source("diabetes")
+def load_diabetes(data_config: Mapping[str, Any]) -> RawData:
+  """scikit-learn's diabetes regression data (ships with scikit-learn; no download): 442
+  patients, 10 standardised features as a [1, 1, 10] "image", and a float target (disease
+  progression one year later, 25-346). A fixed 20% (seeded by config.data.split_seed) is
+  held out as test, as for digits."""
+  try:
+    from sklearn.datasets import load_diabetes as sk_load_diabetes
+  except ImportError as e:
+    raise ConfigError("config.data.source='diabetes' needs scikit-learn: "
+                      "pip install 'bigjax[sklearn]'.") from e
+  diabetes = sk_load_diabetes()
+  features = diabetes.data.astype(np.float32)[:, None, None, :]
+  targets = diabetes.target.astype(np.float32)
+  order = np.random.default_rng(data_config["split_seed"]).permutation(len(targets))
+  n_test = len(targets) // 5
+  test, train = order[:n_test], order[n_test:]
+  return RawData(features[train], targets[train], features[test], targets[test], 1.0, [])
 
 
 def load_raw(data_config: Mapping[str, Any]) -> RawData:
