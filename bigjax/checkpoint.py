@@ -6,12 +6,16 @@ mid-save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 from typing import Any
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+
+
+logging = py_logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -91,3 +95,44 @@ def restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   state = flax.serialization.from_state_dict(target_state, restored["state"])
   return state, dict(restored["meta"] or {})
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, target_state: Any,
+                          input_channels: int | None = None) -> tuple[Any, dict, int] | None:
+  """(state, meta, step) from the newest checkpoint that reads back whole, or None if there
+  is none. A damaged one (a truncated or missing file) is skipped with a warning; a
+  checkpoint that does not fit the config is an error, not damage. A damaged checkpoint is
+  moved to <checkpoints>_damaged/<step> (kept for inspection), so training can save that
+  step again."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      state, meta = restore(manager, step, target_state, input_channels)
+      return state, meta, step
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- Orbax/TensorStore raise many kinds
+      older = [s for s in steps if s < step]
+      aside = _move_aside(manager, step)
+      logging.warning("checkpoint %s/%d is damaged (%s: %s); moved to %s; %s",
+                      manager.directory, step, type(e).__name__, str(e).splitlines()[0][:200],
+                      aside, f"trying step {older[0]}" if older else "no older checkpoint left")
+  if steps:
+    raise RuntimeError(
+        f"Every checkpoint in {manager.directory} (steps {sorted(steps)}) is damaged. Move "
+        "the folder away to start afresh, or restore it from a backup.")
+  return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  source = os.path.join(str(manager.directory), str(step))
+  aside_root = str(manager.directory).rstrip("/") + "_damaged"
+  os.makedirs(aside_root, exist_ok=True)
+  target = os.path.join(aside_root, str(step))
+  suffix = 0
+  while os.path.exists(target):
+    suffix += 1
+    target = os.path.join(aside_root, f"{step}.{suffix}")
+  os.rename(source, target)
+  manager.reload()
+  return target

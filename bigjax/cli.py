@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import sys
 from typing import Sequence
 
 from absl import flags, logging
@@ -39,7 +40,11 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   if flag_values.mode == "train":
     if config is None:
       raise flags.ValidationError("--mode=train needs --config=configs/<name>.py.")
-    train.run(config, workdir)
+    try:
+      train.run(config, workdir)
+    except train.Interrupted as e:
+      logging.warning("%s", e)
+      sys.exit(128 + e.signum)  # the shell's convention for "killed by this signal"
   elif flag_values.mode == "summary":
     if config is None:
       raise flags.ValidationError("--mode=summary needs --config=configs/<name>.py.")

@@ -80,12 +80,13 @@ def is_regression_target(labels: jax.Array) -> bool:
 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    grad_accum_steps: int = 1) -> Callable:
+                    grad_accum_steps: int = 1, update_model_state: bool = True) -> Callable:
   """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site.
 
   With `grad_accum_steps` = k > 1 the batch is split into k micro-batches whose gradients
   are summed in a scan and divided once by the total weight: the same update as one
-  k-times-larger batch, at the activation memory of one micro-batch.
+  k-times-larger batch, at the activation memory of one micro-batch. With
+  `update_model_state=False`, collections such as BatchNorm statistics stay as they are.
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1; got {grad_accum_steps}.")
@@ -141,7 +142,8 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=new_model_state)
+                              model_state=(new_model_state if update_model_state
+                                           else state.model_state))
     step_metrics = {"loss": loss, "learning_rate": current_learning_rate(opt_state)}
     if not is_regression_target(batch["label"]):
       step_metrics["accuracy"] = correct / denominator

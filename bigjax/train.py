@@ -10,6 +10,8 @@ import json
 import logging as py_logging
 import os
 import platform
+import signal
+import threading
 import time
 from typing import Any
 
@@ -19,8 +21,8 @@ import ml_collections
 import numpy as np
 
 import bigjax
-from bigjax import (artifacts, checkpoint, data as data_lib, metrics as metrics_lib, tensorboard,
-                    termination, validate)
+from bigjax import (artifacts, checkpoint, data as data_lib, finetune, metrics as metrics_lib,
+                    tensorboard, termination, validate)
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
@@ -75,14 +77,21 @@ class Setup:
     self.total_steps = (config.train.num_steps if config.train.num_steps > 0
                         else self.steps_per_epoch * config.train.num_epochs)
     self.loss_fn = build_loss(config.loss)
-    self.tx = build_optimizer(config.optimizer, config.loss, self.total_steps)
+    self.tx = finetune.wrap_optimizer(
+        build_optimizer(config.optimizer, config.loss, self.total_steps), variables["params"],
+        config.finetune)
     self.initial_state = create_train_state(variables, self.tx, self.train_rng)
     self.num_params = count_params(self.initial_state.params)
-    logging.info("model: %s with %s parameters", config.model.name, f"{self.num_params:,}")
+    trainable, frozen = finetune.count_trainable(variables["params"], config.finetune.freeze)
+    self.num_trainable = trainable
+    logging.info("model: %s with %s parameters%s", config.model.name, f"{self.num_params:,}",
+                 f" ({trainable:,} trainable, {frozen:,} frozen by "
+                 f"config.finetune.freeze)" if frozen else "")
     # ------------------------------------------------------ jitted steps
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     train_step = make_train_step(self.model, self.loss_fn, self.tx,
-                                 config.train.grad_accum_steps)
+                                 config.train.grad_accum_steps,
+                                 update_model_state=not config.finetune.freeze_batch_stats)
     eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names)
 
     # The loop's step gathers its batch from the device-resident split, so the host only
@@ -190,6 +199,85 @@ def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
           f'"{config.eval.every_epoch}").')
 
 
+class Interrupted(Exception):
+  """Training stopped by a signal after saving a checkpoint; run again to resume."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; the "
+                     "checkpoint there resumes it")
+    self.signum, self.step = signum, step
+
+
+class SaveOnSignal:
+  """SIGTERM and SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current
+  step, instead of dying mid-epoch. A second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict = {}
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.received).name if self.received else ""
+
+  def _handle(self, signum, frame):
+    if self.received == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+    logging.info("%s received: saving a checkpoint after this step (Ctrl-C again to quit "
+                 "without saving)", signal.Signals(signum).name)
+
+  def stop(self, manager, step: int) -> None:
+    """After the loop saved at `step`: wait for the save, then raise Interrupted."""
+    manager.wait_until_finished()
+    logging.info("%s: saved a checkpoint at step %d; run the same command again to resume",
+                 self.name, step)
+    raise Interrupted(self.received, step)
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return  # only the main thread may handle signals
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def uninstall(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+
+def _initial_state(config: ml_collections.ConfigDict, workdir: str, manager,
+                   setup: Setup) -> tuple[TrainState, dict, int | None]:
+  """(state, checkpoint meta, step resumed from), by precedence: a checkpoint in this workdir
+  > config.checkpoint.resume_from (the full state) > config.init_from (params only) >
+  the fresh init."""
+  channels = setup.data.train.images.shape[-1]
+  found = checkpoint.restore_newest_intact(manager, setup.initial_state, channels)
+  if found is not None:
+    state, meta, step = found
+    logging.info("resumed from step %d (%s)", step, manager.directory)
+    return state, meta, step
+  if config.checkpoint.resume_from:
+    other, kind, step = finetune.locate(config.checkpoint.resume_from)
+    other_manager = checkpoint.make_manager(other, create=False, kind=kind)
+    state, meta = checkpoint.restore(other_manager, step, setup.initial_state, channels)
+    other_manager.close()
+    logging.info("resumed from step %d of %s (config.checkpoint.resume_from)", step,
+                 other_manager.directory)
+    return state, meta, step
+  if config.init_from.path:
+    source = finetune.read(config.init_from.path, config.init_from.step)
+    state, text = finetune.load(setup.initial_state, source, config.init_from,
+                                config.model.name)
+    logging.info("initialised from %s/%d (config.init_from):\n%s", source.directory,
+                 source.step, text)
+    if _is_writer():
+      with open(os.path.join(workdir, "init_from.txt"), "w") as f:
+        f.write(f"{source.directory}/{source.step}\n{text}\n")
+    return state, {}, None
+  return setup.initial_state, {}, None
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints as `config` says; returns (and writes) the results."""
   # --------------------------------------------------------------- workdir
@@ -225,12 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = setup.steps_per_epoch  # the ragged tail of each epoch's order is unused
   total_steps = setup.total_steps
   state = setup.initial_state
-  resumed_from = manager.latest_step()
-  meta: dict = {}
-  if resumed_from is not None:
-    state, meta = checkpoint.restore(manager, resumed_from, state,
-                                     input_channels=setup.data.train.images.shape[-1])
-    logging.info("resumed from step %d (%s)", resumed_from, checkpoint.checkpoint_dir(workdir))
+  state, meta, resumed_from = _initial_state(config, workdir, manager, setup)
   step = int(state.step)
   early_state = meta.get("early_stopping")
   best = meta.get("best")  # {"metric", "value", "step"} of the best checkpoint so far
@@ -302,6 +385,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f" acc {row['accuracy']:.4f}" if "accuracy" in row else "",
                  row["learning_rate"], progress.line(last_step))
 
+  def save_latest(epoch: int, stopped: str | None = None) -> None:
+    checkpoint.save(manager, step, state, {
+        "epoch": epoch, "metrics": {s: metrics_lib.scalars(latest[s]) for s in latest},
+        "early_stopping": early_state, "best": best, "stopped": stopped})
+
   def end_of_epoch(epoch: int) -> str | None:
     """Evaluates, decides whether to stop, checkpoints; returns why to stop, or None."""
     nonlocal early_state, best
@@ -338,10 +426,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                  else value > best["value"])):
         best = {"metric": best_key, "value": value, "step": step}
         # The best first: a kill between the two saves re-runs this epoch, not loses it.
-        checkpoint.save(best_manager, step, state, {"epoch": epoch + 1, "best": best})
-    checkpoint.save(manager, step, state, {
-        "epoch": epoch + 1, "metrics": {s: metrics_lib.scalars(latest[s]) for s in latest},
-        "early_stopping": early_state, "best": best, "stopped": reason})
+        # (Re-run after a resume, the step may already be there: the same state, bit for bit.)
+        if step not in best_manager.all_steps():
+          checkpoint.save(best_manager, step, state, {"epoch": epoch + 1, "best": best})
+    save_latest(epoch + 1, stopped=reason)
     if writer:
       artifacts.write_metrics_csv(workdir)
       # Redrawn at most once a minute (a plot costs ~0.5 s, an epoch of a small run less).
@@ -351,45 +439,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return reason
 
   num_epochs = -(-total_steps // steps_per_epoch)
+  save_every = config.checkpoint.every_steps
   epoch = step // steps_per_epoch
-  while step < total_steps:
-    order = data_lib.epoch_permutation(config.seed, epoch, n_train)
-    i = step % steps_per_epoch
-    epoch_end = min(steps_per_epoch, i + total_steps - step)  # num_steps may end mid-epoch
-    while i < epoch_end:
-      # k steps per call, but never across an epoch end or a logging step, so outputs
-      # and checkpoints are the same whatever steps_per_call is.
-      n = min(k, epoch_end - i, log_every - step % log_every)
-      indices = order[i * batch_size:(i + n) * batch_size]
-      if n == k > 1:
-        state, step_metrics = compiled_step(k)(state, train_images, train_labels,
-                                               indices.reshape(k, batch_size))
-      else:
-        n = 1
-        state, step_metrics = compiled_step(1)(state, train_images, train_labels,
-                                               indices[:batch_size])
-      step += n
-      i += n
-      pending.append((step, step_metrics))
-      if not progress.started:
-        jax.block_until_ready(state.step)  # the first call's time is not steady-state
-        progress.start(step)
-      if step % log_every == 0:
-        flush_train_metrics(epoch)
-    # ---------------------------------------------------- end of epoch
-    flush_train_metrics(epoch)
-    jax.block_until_ready(state.step)
-    train_seconds += time.perf_counter() - t_segment
-    progress.pause()
-    t_eval = time.perf_counter()
-    stopped = end_of_epoch(epoch)
-    eval_seconds += time.perf_counter() - t_eval
-    progress.resume()
-    t_segment = time.perf_counter()
-    epoch += 1
-    if stopped:
-      logging.info("stopping at step %d of %d: %s", step, total_steps, stopped)
-      break
+  signals = SaveOnSignal()
+  signals.install()
+  try:
+    while step < total_steps:
+      order = data_lib.epoch_permutation(config.seed, epoch, n_train)
+      i = step % steps_per_epoch
+      epoch_end = min(steps_per_epoch, i + total_steps - step)  # num_steps may end mid-epoch
+      while i < epoch_end:
+        # k steps per call, but never across an epoch end or a logging step, so outputs
+        # and checkpoints are the same whatever steps_per_call is.
+        n = min(k, epoch_end - i, log_every - step % log_every,
+                save_every - step % save_every if save_every else k)
+        indices = order[i * batch_size:(i + n) * batch_size]
+        if n == k > 1:
+          state, step_metrics = compiled_step(k)(state, train_images, train_labels,
+                                                 indices.reshape(k, batch_size))
+        else:
+          n = 1
+          state, step_metrics = compiled_step(1)(state, train_images, train_labels,
+                                                 indices[:batch_size])
+        step += n
+        i += n
+        pending.append((step, step_metrics))
+        if not progress.started:
+          jax.block_until_ready(state.step)  # the first call's time is not steady-state
+          progress.start(step)
+        if step % log_every == 0:
+          flush_train_metrics(epoch)
+        if signals.received is not None and i < epoch_end:  # preempted: save, then stop
+          flush_train_metrics(epoch)
+          save_latest(epoch)
+          signals.stop(manager, step)
+        if save_every and step % save_every == 0 and i < steps_per_epoch:
+          save_latest(epoch)  # the epoch's end saves anyway
+      # ---------------------------------------------------- end of epoch
+      flush_train_metrics(epoch)
+      jax.block_until_ready(state.step)
+      train_seconds += time.perf_counter() - t_segment
+      progress.pause()
+      t_eval = time.perf_counter()
+      stopped = end_of_epoch(epoch)
+      eval_seconds += time.perf_counter() - t_eval
+      progress.resume()
+      t_segment = time.perf_counter()
+      epoch += 1
+      if stopped:
+        logging.info("stopping at step %d of %d: %s", step, total_steps, stopped)
+        break
+      if signals.received is not None and step < total_steps:
+        signals.stop(manager, step)  # the epoch's end saved
+  finally:
+    signals.uninstall()
 
   # -------------------------------------------------------------- final
   manager.wait_until_finished()

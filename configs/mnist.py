@@ -132,6 +132,24 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       # A workdir's checkpoint is only resumed under the same config (but for the keys in
       # bigjax.train.RESUMABLE_CHANGES); set True to resume anyway.
       allow_config_change=False,
+      every_steps=0,          # also save every N steps (0: at each epoch end only)
+      resume_from="",         # resume another run's full train state (a workdir or step folder)
+  )
+  # Initialise params from another run (fine-tuning). Precedence: a checkpoint in this
+  # workdir > checkpoint.resume_from > init_from > fresh init.
+  config.init_from = dict(
+      path="",                # a workdir, its checkpoints[_best] folder, or one <step> folder
+      step="latest",          # latest | best | a step number
+      skip="",                # regex of param paths not to load (e.g. "^head/"): re-initialised
+      reinit_mismatched="",   # regex of paths that re-initialise when their shapes differ
+      strict=True,            # else load what fits and re-initialise the rest
+      model_state=True,       # also load BatchNorm statistics
+  )
+  config.finetune = dict(
+      freeze="",              # regex of param paths that do not train (no optimizer state)
+      lr_multipliers="",      # "regex=factor;regex=factor" on the learning rate
+      layer_decay=1.0,        # <1: lr x decay^(top-level layers above), the head gets 1
+      freeze_batch_stats=False,  # keep BatchNorm running statistics as loaded
   )
   config.report = dict(
       plots=True,        # learning curves (each epoch), confusion matrix, prediction grids

@@ -1,0 +1,236 @@
+"""Fine-tuning (init_from, freezing, learning-rate factors) and checkpoints that survive
+signals, kill -9 and damage."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bigjax import checkpoint, finetune, train
+from bigjax.registry import ConfigError
+from configs import digits
+
+from conftest import REPO_ROOT
+
+
+def _config(**overrides):
+  config = digits.get_config()
+  with config.unlocked():
+    config.train.num_epochs = 3
+    config.report.plots = False
+    config.report.html = False
+    for key, value in overrides.items():
+      *sections, name = key.split(".")
+      target = config
+      for part in sections:
+        target = target[part]
+      target[name] = value
+  return config
+
+
+def _params(workdir, step=None):
+  manager = checkpoint.make_manager(str(workdir), create=False)
+  step = step or manager.latest_step()
+  restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardRestore()))["state"]
+  manager.close()
+  return restored
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pretrained")
+  train.run(_config(), str(workdir))
+  return workdir
+
+
+# ------------------------------------------------------------------ init_from
+
+
+def test_plan_statuses_against_a_literal_expectation():
+  source = {"dense_0/kernel": np.zeros((64, 128)), "dense_0/bias": np.zeros(128),
+            "head/kernel": np.zeros((128, 5)), "decoder/kernel": np.zeros((128, 64))}
+  target = {"dense_0/kernel": np.zeros((64, 128)), "dense_0/bias": np.zeros(128),
+            "head/kernel": np.zeros((128, 10)), "extra/bias": np.zeros(3)}
+  rows = finetune.plan(source, target)
+  assert {r.path: r.status for r in rows} == {
+      "decoder/kernel": "unused", "dense_0/bias": "loaded", "dense_0/kernel": "loaded",
+      "extra/bias": "missing", "head/kernel": "shape-mismatched"}
+  rows = finetune.plan(source, target, skip="^(decoder|extra)/", reinit_mismatched="^head/")
+  assert {r.path: r.status for r in rows} == {
+      "decoder/kernel": "unused", "dense_0/bias": "loaded", "dense_0/kernel": "loaded",
+      "extra/bias": "re-initialised", "head/kernel": "re-initialised"}
+
+
+def test_init_from_loads_params_and_reinitialises_a_skipped_head(pretrained, tmp_path):
+  config = _config(**{"init_from.path": str(pretrained), "init_from.skip": "^head/"})
+  setup = train.Setup(config)
+  state, text = finetune.load(setup.initial_state, finetune.read(str(pretrained)),
+                              config.init_from)
+  source = _params(pretrained)["params"]
+  np.testing.assert_array_equal(state.params["dense_0"]["kernel"], source["dense_0"]["kernel"])
+  np.testing.assert_array_equal(state.params["head"]["kernel"],
+                                setup.initial_state.params["head"]["kernel"])
+  assert "2 loaded, 2 re-initialised" in text and "skipped by init_from.skip" in text
+
+  # Through the driver: the table is logged and written, and training starts from step 0.
+  results = train.run(config, str(tmp_path))
+  assert results["resumed_from_step"] is None and results["steps"] == 3 * 40
+  assert "head/kernel" in (tmp_path / "init_from.txt").read_text()
+
+
+def test_strict_loading_names_every_mismatched_path(pretrained):
+  config = _config(**{"init_from.path": str(pretrained), "model.hidden_sizes": (32,)})
+  setup = train.Setup(config)
+  with pytest.raises(ConfigError) as error:
+    finetune.load(setup.initial_state, finetune.read(str(pretrained)), config.init_from)
+  message = str(error.value)
+  assert "dense_0/kernel: shape-mismatched (checkpoint (64, 128), this model (64, 32))" in message
+  assert "head/kernel: shape-mismatched (checkpoint (128, 10), this model (32, 10))" in message
+  assert "dense_0/bias" in message and "config.init_from.skip" in message
+
+
+def test_init_from_another_model_family_or_nothing(pretrained, tmp_path):
+  config = _config(**{"init_from.path": str(pretrained)})
+  with config.unlocked():
+    config.model = dict(digits.get_config("cnn").model)
+  with pytest.raises(ConfigError, match='does not fit this model. It was written by a "mlp" model; this '
+                                       'config builds a "cnn"'):
+    train.run(config, str(tmp_path / "cnn"))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    train.run(_config(**{"init_from.path": str(tmp_path / "nowhere")}), str(tmp_path / "a"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    train.run(_config(**{"init_from.path": str(tmp_path / "empty")}), str(tmp_path / "b"))
+
+
+# ------------------------------------------------------------------ freezing, factors
+
+
+def test_trainable_mask_and_learning_rate_factors_literal_trees():
+  params = {"dense_0": {"kernel": 0, "bias": 0}, "dense_1": {"kernel": 0, "bias": 0},
+            "head": {"kernel": 0, "bias": 0}}
+  assert finetune.trainable_mask(params, "^dense_0/") == {
+      "dense_0": {"kernel": False, "bias": False}, "dense_1": {"kernel": True, "bias": True},
+      "head": {"kernel": True, "bias": True}}
+  assert finetune.learning_rate_factors(params, "^head/=10;bias$=0.5", layer_decay=0.5) == {
+      "dense_0": {"kernel": 0.25, "bias": 0.125}, "dense_1": {"kernel": 0.5, "bias": 0.25},
+      "head": {"kernel": 10.0, "bias": 5.0}}
+  with pytest.raises(ConfigError, match='"regex=factor" pairs'):
+    finetune.parse_multipliers("head:10")
+
+
+def test_frozen_params_do_not_change_and_have_no_optimizer_state(pretrained, tmp_path):
+  config = _config(**{"init_from.path": str(pretrained), "finetune.freeze": "^dense_0/"})
+  train.run(config, str(tmp_path))
+  before, after = _params(pretrained), _params(tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, before["params"]["dense_0"],
+               after["params"]["dense_0"])
+  assert not np.array_equal(before["params"]["head"]["kernel"], after["params"]["head"]["kernel"])
+  # Adam's moments exist for the head only: 2 x (1,280 + 10) floats, none for dense_0.
+  sizes = [np.size(x) for x in jax.tree.leaves(after["opt_state"])]
+  assert sum(s for s in sizes if s > 1) == 2 * (128 * 10 + 10)
+
+
+def test_everything_frozen_is_an_error(tmp_path):
+  with pytest.raises(ConfigError, match="freezes every parameter"):
+    train.run(_config(**{"finetune.freeze": "."}), str(tmp_path))
+
+
+def test_learning_rate_factors_scale_the_updates(tmp_path):
+  """A factor of 0 on the head leaves it where it started; others still move."""
+  config = _config(**{"finetune.lr_multipliers": "^head/=0", "train.num_epochs": 1})
+  setup = train.Setup(config)
+  train.run(config, str(tmp_path))
+  after = _params(tmp_path)["params"]
+  np.testing.assert_array_equal(after["head"]["kernel"], setup.initial_state.params["head"]["kernel"])
+  assert not np.array_equal(after["dense_0"]["kernel"],
+                            setup.initial_state.params["dense_0"]["kernel"])
+
+
+# ------------------------------------------------------------------ surviving anything
+
+
+def _start(workdir, *args):
+  return subprocess.Popen(
+      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={workdir}",
+       "--config.report.plots=False", "--config.report.html=False", *args],
+      cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, text):
+  for line in proc.stderr:
+    if text in line:
+      return
+  raise AssertionError(f"the run ended before printing {text!r}")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_run_stopped_any_way_resumes_to_the_same_params(how, tmp_path):
+  epochs = ["--config.train.num_epochs=12", "--config.checkpoint.every_steps=15"]
+  straight = subprocess.run(
+      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={tmp_path / 'a'}",
+       "--config.report.plots=False", "--config.report.html=False", *epochs],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+
+  proc = _start(tmp_path / "b", *epochs)
+  _wait_for(proc, "epoch 3/12 step")  # mid-run, past a few checkpoints
+  proc.send_signal(getattr(signal, how))
+  rest = proc.stderr.read()
+  proc.wait(timeout=120)
+  if how == "SIGKILL":
+    assert proc.returncode == -signal.SIGKILL
+  else:
+    assert proc.returncode == 128 + getattr(signal, how), rest[-2000:]
+    assert f"{how}: saved a checkpoint at step" in rest
+  stopped_at = checkpoint.make_manager(str(tmp_path / "b"), create=False).latest_step()
+  assert 0 < stopped_at < 12 * 40
+
+  resumed = subprocess.run(
+      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={tmp_path / 'b'}",
+       "--config.report.plots=False", "--config.report.html=False", *epochs],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resumed from step {stopped_at}" in resumed.stderr
+  a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])  # bit-identical
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
+  config = _config()
+  train.run(config, str(tmp_path))
+  latest = checkpoint.make_manager(str(tmp_path), create=False).latest_step()
+  data_files = [os.path.join(root, name)
+                for root, _, names in os.walk(tmp_path / "checkpoints" / str(latest) / "state")
+                for name in names if os.sep + "d" + os.sep in os.path.join(root, name) + os.sep
+                or os.path.basename(root) == "d"]
+  assert data_files
+  for path in data_files:
+    with open(path, "r+b") as f:
+      f.truncate(10)
+  with caplog.at_level("WARNING"):
+    results = train.run(config, str(tmp_path))
+  assert results["resumed_from_step"] == latest - 40  # the epoch before
+  assert f"checkpoints/{latest} is damaged" in caplog.text
+  assert os.path.isdir(tmp_path / "checkpoints_damaged" / str(latest))
+  assert results["steps"] == latest  # and it trained that epoch again
+
+
+def test_precedence_workdir_checkpoint_then_resume_from_then_init_from(pretrained, tmp_path):
+  config = _config(**{"checkpoint.resume_from": str(pretrained),
+                      "init_from.path": str(pretrained), "train.num_epochs": 4})
+  first = train.run(config, str(tmp_path))
+  assert first["resumed_from_step"] == 3 * 40  # resume_from beats init_from
+  again = train.run(config, str(tmp_path))
+  assert again["resumed_from_step"] == 4 * 40  # this workdir's own checkpoint beats both
+
+
+def test_every_steps_saves_between_epoch_ends(tmp_path):
+  train.run(_config(**{"checkpoint.every_steps": 25, "checkpoint.max_to_keep": 10,
+                       "train.num_epochs": 2}), str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [25, 40, 50, 75, 80]
