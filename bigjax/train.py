@@ -10,8 +10,6 @@ import json
 import logging as py_logging
 import os
 import platform
-import signal
-import threading
 import time
 from typing import Any
 
@@ -26,6 +24,7 @@ from bigjax import (artifacts, checkpoint, data as data_lib, finetune, metrics a
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
+from bigjax.preemption import Interrupted, SaveOnSignal  # noqa: F401 (Interrupted: for callers)
 from bigjax.registry import ConfigError, did_you_mean
 from bigjax.reporting import MetricsLog, Progress, write_json
 from bigjax.steps import (TrainState, count_params, create_train_state, gather_batch,
@@ -197,53 +196,6 @@ def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
           f'{where}="{key}": split "{key.partition("/")[0]}" is not evaluated after each '
           f"epoch. Use one of {', '.join(values)} (config.eval.every_epoch="
           f'"{config.eval.every_epoch}").')
-
-
-class Interrupted(Exception):
-  """Training stopped by a signal after saving a checkpoint; run again to resume."""
-
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; the "
-                     "checkpoint there resumes it")
-    self.signum, self.step = signum, step
-
-
-class SaveOnSignal:
-  """SIGTERM and SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current
-  step, instead of dying mid-epoch. A second SIGINT interrupts at once."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self._previous: dict = {}
-
-  @property
-  def name(self) -> str:
-    return signal.Signals(self.received).name if self.received else ""
-
-  def _handle(self, signum, frame):
-    if self.received == signal.SIGINT and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.received = signum
-    logging.info("%s received: saving a checkpoint after this step (Ctrl-C again to quit "
-                 "without saving)", signal.Signals(signum).name)
-
-  def stop(self, manager, step: int) -> None:
-    """After the loop saved at `step`: wait for the save, then raise Interrupted."""
-    manager.wait_until_finished()
-    logging.info("%s: saved a checkpoint at step %d; run the same command again to resume",
-                 self.name, step)
-    raise Interrupted(self.received, step)
-
-  def install(self) -> None:
-    if threading.current_thread() is not threading.main_thread():
-      return  # only the main thread may handle signals
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      self._previous[signum] = signal.signal(signum, self._handle)
-
-  def uninstall(self) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous.clear()
 
 
 def _initial_state(config: ml_collections.ConfigDict, workdir: str, manager,
