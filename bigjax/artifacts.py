@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigjax import report, summary
+from bigjax import lora, report, summary
 
 GRID_SIZE = 25  # the lessons' 5x5 grid
 
@@ -90,13 +90,15 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
     split = picture_split(results["metrics"])
     values = results["metrics"][split]
     images, labels = setup.splits[split]
-    if setup.data.is_regression:
-      outputs = setup.outputs(state, images)
-      pictures.append(report.Picture(
-          plots.predicted_vs_true(np.asarray(labels), outputs[:, 0],
-                                  os.path.join(workdir, f"predicted_vs_true_{split}.png"),
-                                  f"{split}: predicted against true ({len(outputs):,} examples)"),
-          f"Predicted against true values on the {split} split."))
+    if not setup.classifies:
+      if setup.data.is_regression:  # (regression models have one output; validated)
+        outputs = setup.outputs(state, images)
+        pictures.append(report.Picture(
+            plots.predicted_vs_true(np.asarray(labels), outputs[:, 0],
+                                    os.path.join(workdir, f"predicted_vs_true_{split}.png"),
+                                    f"{split}: predicted against true "
+                                    f"({len(outputs):,} examples)"),
+            f"Predicted against true values on the {split} split."))
       write_report_if(config, workdir, results, setup, state, pictures)
       return
     if "confusion_matrix" in values:
@@ -113,8 +115,10 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
 
 def write_report_if(config, workdir: str, results: dict, setup, state, pictures: list) -> None:
   if config.report.html:
-    variables = {"params": state.params, **state.model_state}
-    model_summary = summary.summarize(setup.model, variables, setup.example_input)
+    params = (lora.merge(state.params, config.lora.alpha / config.lora.rank)
+              if lora.is_lora(state.params) else state.params)
+    variables = {"params": params, **state.model_state}
+    model_summary = summary.summarize(setup.base_model, variables, setup.example_input)
     write_report(workdir, config, results, setup.data.class_names, model_summary, pictures)
 
 
@@ -168,3 +172,22 @@ def _library_versions(environment: dict) -> dict[str, Any]:
       pass
   versions["jaxlib backend"] = jax.default_backend()
   return versions
+
+
+def write_lora(workdir: str, config, params) -> tuple[str, str]:
+  """The adapters on their own (lora_adapters/) and the merged params (export/params/),
+  each an Orbax checkpoint of a plain tree, with lora.json saying how they were made."""
+  import orbax.checkpoint as ocp
+  from bigjax.reporting import write_json
+  adapters_dir = os.path.join(workdir, "lora_adapters")
+  export_dir = os.path.join(workdir, "export", "params")
+  checkpointer = ocp.StandardCheckpointer()
+  for path, tree in ((adapters_dir, params[lora.ADAPTERS]),
+                     (export_dir, lora.merge(params, config.lora.alpha / config.lora.rank))):
+    checkpointer.save(path, tree, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  write_json(os.path.join(workdir, "lora.json"),
+             {"rank": config.lora.rank, "alpha": config.lora.alpha,
+              "targets": config.lora.targets, "adapter_params": lora.count(params)})
+  return adapters_dir, export_dir

@@ -165,7 +165,8 @@ def load(state: Any, source: Source, init_config: Mapping[str, Any],
          model_name: str | None = None) -> tuple[Any, str]:
   """`state` with params (and, if asked, model state) taken from `source` as planned;
   returns (state, the table). Strict mode refuses unused, missing and mismatched paths."""
-  target = flatten(state.params)
+  lora_on = isinstance(state.params, Mapping) and set(state.params) == {"base", "lora"}
+  target = flatten(state.params["base"] if lora_on else state.params)
   rows = plan(source.params, target, skip=init_config["skip"],
               reinit_mismatched=init_config["reinit_mismatched"])
   collections = {}
@@ -200,7 +201,10 @@ def load(state: Any, source: Source, init_config: Mapping[str, Any],
   for r in loaded:
     if not r.path.startswith("[state] "):
       params[r.path] = jnp.asarray(source.params[r.path], dtype=target[r.path].dtype)
-  new_state = state.replace(params=unflatten(params))
+  loaded_params = unflatten(params)
+  if lora_on:  # the adapters stay as initialised
+    loaded_params = {"base": loaded_params, "lora": state.params["lora"]}
+  new_state = state.replace(params=loaded_params)
   if collections:
     model_state = flatten(state.model_state)
     model_state.update({p: jnp.asarray(v, model_state[p].dtype) for p, v in collections.items()})

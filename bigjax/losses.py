@@ -95,6 +95,13 @@ def mean_absolute_error_loss(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
   return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
 
+@register_loss("reconstruction_mse")
+def reconstruction_mse(outputs: jax.Array, batch: dict) -> jax.Array:
+  """Autoencoders: mean squared error between the outputs and the (clean) input images."""
+  from bigjax.models.autoencoder import reconstruction_mse as mse
+  return mse(outputs, batch)
+
+
 # config.loss keys that configure regularisation (bigjax.optimizers), not the loss function.
 REGULARIZATION_KEYS = ("l1", "l2", "penalty_mask")
 

@@ -84,7 +84,8 @@ class Registry:
       return import_object(name, self.kind)
     raise ConfigError(
         f'Unknown {self.kind} "{name}".{did_you_mean(name, self._entries)} '
-        f"Known {self.kind}s: {', '.join(self.names())}. "
+        f"Known {self.kind}{'es' if self.kind.endswith('s') else 's'}: "
+        f"{', '.join(self.names())}. "
         'Or name your own as "package.module:attribute".')
 
 

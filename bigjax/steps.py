@@ -79,6 +79,12 @@ def is_regression_target(labels: jax.Array) -> bool:
   return bool(jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == 1)
 
 
+def has_class_outputs(outputs, labels: jax.Array) -> bool:
+  """Whether accuracy means something: [B, C] outputs (C > 1) and class labels (not
+  regression targets; not an autoencoder's image outputs)."""
+  return len(outputs.shape) == 2 and outputs.shape[-1] > 1 and not is_regression_target(labels)
+
+
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
                     grad_accum_steps: int = 1, update_model_state: bool = True) -> Callable:
   """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site.
@@ -104,7 +110,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
     (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
         loss_sum_of, has_aux=True)(params)
-    if is_regression_target(batch["label"]):
+    if not has_class_outputs(logits, batch["label"]):
       correct = jnp.zeros(())
     else:
       correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
@@ -112,6 +118,10 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(state.rng, state.step)
+    out_shape = jax.eval_shape(
+        lambda: _apply(model, state.params, state.model_state, batch["image"][:1],
+                       train=False)[0])
+    classifies = has_class_outputs(out_shape, batch["label"])
     if grad_accum_steps == 1:
       grads, sums, new_model_state = micro_step(state.params, state.model_state, batch,
                                                 step_rng)
@@ -145,7 +155,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
                               model_state=(new_model_state if update_model_state
                                            else state.model_state))
     step_metrics = {"loss": loss, "learning_rate": current_learning_rate(opt_state)}
-    if not is_regression_target(batch["label"]):
+    if classifies:
       step_metrics["accuracy"] = correct / denominator
     return new_state, step_metrics
 

@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 
 import bigjax
-from bigjax import (artifacts, checkpoint, data as data_lib, finetune, metrics as metrics_lib,
-                    tensorboard, termination, validate)
+from bigjax import (artifacts, checkpoint, data as data_lib, finetune, lora,
+                    metrics as metrics_lib, tensorboard, termination, validate)
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
@@ -71,6 +71,22 @@ class Setup:
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
     variables = init_variables(self.model, init_rng, self.example_input)
+    output_shape = jax.eval_shape(lambda: self.model.apply(variables, self.example_input)).shape
+    # Class scores [B, C] on class labels (not regression, not an autoencoder's images).
+    self.classifies = (len(output_shape) == 2 and output_shape[-1] > 1
+                       and not self.data.is_regression)
+    self.base_model = self.model
+    freeze = config.finetune.freeze
+    if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/lora.py)
+      variables = dict(variables)
+      variables["params"] = lora.add_adapters(variables["params"], config.lora.rank,
+                                              config.lora.targets,
+                                              jax.random.fold_in(init_rng, 1))
+      self.model = lora.LoRAModel(self.base_model, config.lora.alpha / config.lora.rank)
+      keep = config.lora.train_base  # base params that still train, e.g. a new head
+      freeze = (f"^{lora.BASE}/" + (f"(?!{keep})" if keep else "")
+                + (f"|{freeze}" if freeze else ""))
+    finetune_config = dict(config.finetune, freeze=freeze)
     # ------------------------------------------------------ loss, optimizer
     self.steps_per_epoch = len(self.data.train) // config.train.batch_size
     self.total_steps = (config.train.num_steps if config.train.num_steps > 0
@@ -78,14 +94,15 @@ class Setup:
     self.loss_fn = build_loss(config.loss)
     self.tx = finetune.wrap_optimizer(
         build_optimizer(config.optimizer, config.loss, self.total_steps), variables["params"],
-        config.finetune)
+        finetune_config)
     self.initial_state = create_train_state(variables, self.tx, self.train_rng)
     self.num_params = count_params(self.initial_state.params)
-    trainable, frozen = finetune.count_trainable(variables["params"], config.finetune.freeze)
+    trainable, frozen = finetune.count_trainable(variables["params"], freeze)
     self.num_trainable = trainable
     logging.info("model: %s with %s parameters%s", config.model.name, f"{self.num_params:,}",
-                 f" ({trainable:,} trainable, {frozen:,} frozen by "
-                 f"config.finetune.freeze)" if frozen else "")
+                 f" ({trainable:,} trainable, {frozen:,} frozen"
+                 + (f"; LoRA rank {config.lora.rank}" if config.lora.rank > 0 else "")
+                 + ")" if frozen else "")
     # ------------------------------------------------------ jitted steps
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     train_step = make_train_step(self.model, self.loss_fn, self.tx,
@@ -189,7 +206,7 @@ def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
   names = setup.metric_value_names()
   values = {split: dict.fromkeys(names, 0.0) for split in epoch_splits}
   values["train"] = {name: 0.0 for name in TRAIN_VALUES
-                     if not (name == "accuracy" and setup.data.is_regression)}
+                     if name != "accuracy" or setup.classifies}
   for where, key in keys.items():
     if termination.lookup(values, key, where) is None:
       raise ConfigError(
@@ -469,7 +486,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         final[split]["count"])
   steady = progress.steps_per_second(step) * batch_size
   results = {
-      "num_params": setup.num_params, "steps": step, "epochs": num_epochs,
+      "num_params": setup.num_params, "trainable_params": setup.num_trainable,
+      "steps": step, "epochs": num_epochs,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
       "eval_seconds": eval_seconds,
       "steady_examples_per_second": steady if np.isfinite(steady) else None,
@@ -485,13 +503,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     artifacts.write_metrics_csv(workdir)
     if config.report.plots or config.report.html:
       artifacts.final_outputs(workdir, config, setup, state, results)
+    if config.lora.rank > 0:
+      artifacts.write_lora(workdir, config, state.params)
   manager.close()
   if best_manager is not None:
     best_manager.close()
   headline = final.get("test") or next(iter(final.values()), {})
   logging.info("done: %s, %s params, trained in %.1f s (compile %.2f s); outputs in %s",
-               " ".join(f"{n} {headline[n]:.4f}" for n in ("accuracy", "r2") if n in headline)
-               or "no final evaluation", f"{setup.num_params:,}", train_seconds,
+               next((f"{n} {headline[n]:.4f}" for n in ("accuracy", "r2", "loss")
+                     if n in headline), "no final evaluation"), f"{setup.num_params:,}",
+               train_seconds,
                compile_seconds, workdir)
   return results
 

@@ -68,6 +68,8 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       validation_fraction=0.2,   # carved from train with split_seed
       split_seed=0,
       standardize=False,         # per-channel mean/std from the train split, after [0,1] scaling
+      classes=(),                # e.g. (5, 6, 7, 8, 9): only these, relabelled 0..k-1
+      labels_per_class=-1,       # >0: train on N labelled examples per class (few labels)
       max_train_examples=-1,     # >0: use only the first N (small runs)
       max_test_examples=-1,
   )
@@ -150,6 +152,12 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       lr_multipliers="",      # "regex=factor;regex=factor" on the learning rate
       layer_decay=1.0,        # <1: lr x decay^(top-level layers above), the head gets 1
       freeze_batch_stats=False,  # keep BatchNorm running statistics as loaded
+  )
+  config.lora = dict(
+      rank=0,                 # >0: train rank-r adapters on matching kernels; base frozen
+      alpha=8.0,              # the adapters' scale is alpha / rank
+      targets="kernel",       # regex of dense/conv kernel paths that get adapters
+      train_base="",          # regex of base params that train anyway (e.g. "head/")
   )
   config.report = dict(
       plots=True,        # learning curves (each epoch), confusion matrix, prediction grids

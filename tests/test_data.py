@@ -171,3 +171,22 @@ def test_run_py_offline_tfds_failure_is_fast_and_says_what_to_do(tmp_path):
   assert 'TFDS dataset "mnist" is not prepared' in proc.stderr
   assert "--config.data.source=idx" in proc.stderr
   assert elapsed < 30  # interpreter + jax import included; TFDS alone would retry ~205 s
+
+
+def test_class_subsets_are_relabelled_and_labels_per_class_are_exact():
+  from bigjax.data.pipeline import labels_per_class, select_classes
+  images = np.arange(12, dtype=np.float32).reshape(12, 1, 1, 1)
+  labels = np.array([0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 9], np.int32)
+  ((x, y),), names = select_classes([(images, labels)], (9, 5), [f"c{i}" for i in range(10)])
+  assert names == ["c9", "c5"]
+  assert y.tolist() == [1, 1, 0, 0] and x[:, 0, 0, 0].tolist() == [5, 6, 10, 11]
+  with pytest.raises(ConfigError, match="distinct class ids in \\[0, 9\\]"):
+    select_classes([(images, labels)], (3, 10), [])
+
+  many = np.repeat(np.arange(3), 10).astype(np.int32)
+  chosen = labels_per_class(many, np.arange(30), 4, seed=0)
+  assert np.bincount(many[chosen]).tolist() == [4, 4, 4]
+  assert chosen.tolist() == labels_per_class(many, np.arange(30), 4, seed=0).tolist()
+  assert chosen.tolist() != labels_per_class(many, np.arange(30), 4, seed=1).tolist()
+  with pytest.raises(ConfigError, match="fewer training examples"):
+    labels_per_class(many, np.arange(30), 11, seed=0)

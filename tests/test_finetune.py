@@ -234,3 +234,98 @@ def test_every_steps_saves_between_epoch_ends(tmp_path):
   train.run(_config(**{"checkpoint.every_steps": 25, "checkpoint.max_to_keep": 10,
                        "train.num_epochs": 2}), str(tmp_path))
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [25, 40, 50, 75, 80]
+
+
+# ------------------------------------------------------------------ LoRA
+
+
+def test_lora_parameter_count_and_merged_equals_unmerged():
+  from bigjax import lora
+  from bigjax.models import MLP
+  model = MLP(hidden_sizes=(32,), num_classes=5)
+  x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype(np.float32)
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  rank, scale = 3, 2.0
+  wrapped = lora.add_adapters(params, rank, "kernel", jax.random.PRNGKey(1))
+  assert lora.count(wrapped) == rank * (36 + 32) + rank * (32 + 5)
+  assert set(finetune.flatten(wrapped["lora"])) == {"dense_0/kernel/a", "dense_0/kernel/b",
+                                                    "head/kernel/a", "head/kernel/b"}
+  # Give B values (it starts at zero), then compare the merged model with the low-rank path
+  # computed separately: x W + b + scale (x A) B, layer by layer.
+  wrapped["lora"] = jax.tree.map(
+      lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape), wrapped["lora"])
+  merged_out = model.apply({"params": lora.merge(wrapped, scale)}, x)
+  base, ad = wrapped["base"], wrapped["lora"]
+  h = x.reshape(4, -1)
+  h = np.maximum(h @ base["dense_0"]["kernel"] + base["dense_0"]["bias"]
+                 + scale * (h @ ad["dense_0"]["kernel"]["a"]) @ ad["dense_0"]["kernel"]["b"], 0)
+  out = (h @ base["head"]["kernel"] + base["head"]["bias"]
+         + scale * (h @ ad["head"]["kernel"]["a"]) @ ad["head"]["kernel"]["b"])
+  np.testing.assert_allclose(merged_out, out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(lora.LoRAModel(model, scale).apply({"params": wrapped}, x),
+                             merged_out, rtol=1e-6)
+
+
+def test_lora_on_a_conv_kernel_is_a_low_rank_conv_then_a_1x1_conv():
+  from bigjax import lora
+  rng = np.random.default_rng(3)
+  kernel = rng.normal(size=(3, 3, 2, 8)).astype(np.float32)
+  a = rng.normal(size=(18, 4)).astype(np.float32)
+  b = rng.normal(size=(4, 8)).astype(np.float32)
+  x = rng.normal(size=(1, 7, 7, 2)).astype(np.float32)
+  conv = lambda inputs, k: jax.lax.conv_general_dilated(
+      inputs, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  merged = lora.merge({"base": {"c": {"kernel": kernel}},
+                       "lora": {"c": {"kernel": {"a": a, "b": b}}}}, 0.5)["c"]["kernel"]
+  low_rank = conv(conv(x, a.reshape(3, 3, 2, 4)), b.reshape(1, 1, 4, 8))
+  np.testing.assert_allclose(conv(x, merged), conv(x, kernel) + 0.5 * low_rank,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_path):
+  from bigjax import inference, lora
+  config = _config(**{"init_from.path": str(pretrained), "lora.rank": 4})
+  with config.unlocked():
+    config.report.html = True  # the report summarises the merged model
+  results = train.run(config, str(tmp_path))
+  assert results["trainable_params"] == 4 * (64 + 128) + 4 * (128 + 10)
+  state = _params(tmp_path)
+  source = _params(pretrained)["params"]
+  jax.tree.map(np.testing.assert_array_equal, state["params"]["base"], source)  # frozen
+  assert np.abs(state["params"]["lora"]["dense_0"]["kernel"]["b"]).sum() > 0  # trained
+  sizes = [np.size(x) for x in jax.tree.leaves(state["opt_state"])]
+  assert sum(s for s in sizes if s > 1) == 2 * results["trainable_params"]  # adapters only
+
+  restored = checkpoint.ocp.StandardCheckpointer().restore(str(tmp_path / "export" / "params"))
+  merged = lora.merge(state["params"], 8.0 / 4)
+  jax.tree.map(np.testing.assert_allclose, restored, merged)
+  # The exported params in the plain model give the run's test predictions.
+  setup = train.Setup(_config())
+  images = setup.splits["test"][0]
+  plain = setup.model.apply({"params": restored}, images)
+  assert float((plain.argmax(-1) == setup.splits["test"][1]).mean()) == pytest.approx(
+      results["test_accuracy"])
+  assert inference.evaluate(config, str(tmp_path), "test")["test"] == results["metrics"]["test"]
+
+
+# ------------------------------------------------------------------ pre-training
+
+
+def test_autoencoder_pretraining_then_fine_tuning_loads_the_encoder(fashion_mnist_dir, tmp_path):
+  from configs import fashion_mnist_fewlabels, fashion_mnist_pretrain
+  pre = fashion_mnist_pretrain.get_config("small")
+  with pre.unlocked():
+    pre.report.plots = pre.report.html = False
+  pretrained = train.run(pre, str(tmp_path / "pre"))
+  assert pretrained["test_loss"] < 0.1 and "test_accuracy" not in pretrained  # no labels used
+  config = fashion_mnist_fewlabels.get_config()
+  with config.unlocked():
+    config.init_from.path = str(tmp_path / "pre")
+    config.train.num_epochs = 1
+    config.data.max_test_examples = 500
+  results = train.run(config, str(tmp_path / "fine"))
+  table = (tmp_path / "fine" / "init_from.txt").read_text()
+  for line in ("dense_0/kernel  loaded", "dense_1/kernel  loaded", "decoder_0/kernel  unused",
+               "head/kernel       re-initialised"):
+    assert " ".join(line.split()) in " ".join(table.split())
+  assert results["steps"] == 600 // 32

@@ -128,7 +128,8 @@ def test_gradients_match_finite_differences(name, kwargs):
 
 def test_every_loss_is_per_example_and_jittable():
   logits = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
-  batch = {"label": jnp.array([0, 1, 2, 3, 0])}
+  # ("image": what an autoencoder reconstructs, shaped like its outputs.)
+  batch = {"label": jnp.array([0, 1, 2, 3, 0]), "image": jnp.zeros((5, 4))}
   for name in losses.LOSSES.names():
     value = jax.jit(losses.LOSSES.get(name))(logits, batch)
     assert value.shape == (5,) and bool(jnp.all(jnp.isfinite(value))), name

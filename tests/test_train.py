@@ -177,14 +177,16 @@ def test_config_key_typo_fails_with_did_you_mean(tmp_path):
 
 
 def test_unknown_names_list_the_known_ones(tmp_path):
-  for group, key, value, known in [("data", "source", "idxx", "digits, idx, tfds"),
+  for group, key, value, known in [("data", "source", "idxx", "diabetes, digits, idx, tfds"),
                                    ("loss", "name", "hinge_loss",
                                     "mean_absolute_error, mean_squared_error, multiclass_hinge, "
-                                    "sigmoid_binary_cross_entropy, softmax_cross_entropy"),
+                                    "reconstruction_mse, sigmoid_binary_cross_entropy, "
+                                    "softmax_cross_entropy"),
                                    ("optimizer", "name", "adamm",
                                     "adafactor, adagrad, adam, adamw, lamb, lion, momentum, "
                                     "nesterov, rmsprop, sgd"),
-                                   ("model", "name", "resnet9000", "cnn, mlp")]:
+                                   ("model", "name", "resnet9000",
+                                    "cnn, denoising_autoencoder, mlp")]:
     config = digits.get_config()
     config[group][key] = value
     with pytest.raises(ConfigError, match=f"Unknown .*{value}.*Known .*{known}"):

@@ -83,10 +83,44 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
+def select_classes(splits, classes: tuple, class_names: list[str]):
+  """Keeps the examples of `classes` in each (images, labels) split, relabelled by their
+  position in `classes`; returns (splits, the kept class names)."""
+  known = len(class_names) or int(max(int(y.max()) for _, y in splits)) + 1
+  bad = [c for c in classes if not 0 <= int(c) < known]
+  if bad or len(set(classes)) != len(classes):
+    raise ConfigError(f"config.data.classes={classes}: give distinct class ids in "
+                      f"[0, {known - 1}].")
+  relabel = np.full(known, -1, np.int32)
+  relabel[list(classes)] = np.arange(len(classes))
+  out = []
+  for images, labels in splits:
+    keep = np.isin(labels, classes)
+    out.append((images[keep], relabel[labels[keep]]))
+  names = [class_names[c] for c in classes] if class_names else [str(c) for c in classes]
+  return out, names
+
+
+def labels_per_class(labels: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """The first `n` of each class among `indices`, in an order fixed by `seed` (sorted)."""
+  order = np.random.default_rng([seed, 1]).permutation(indices)
+  chosen = np.concatenate([order[labels[order] == c][:n] for c in np.unique(labels[order])])
+  short = [int(c) for c in np.unique(labels[order]) if (labels[order] == c).sum() < n]
+  if short:
+    raise ConfigError(f"config.data.labels_per_class={n}: classes {short} have fewer "
+                      "training examples than that.")
+  return np.sort(chosen)
+
+
 def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   """Limits, splits and scales the raw arrays as the data config says."""
   train_x, train_y = raw.train_images, raw.train_labels
   test_x, test_y = raw.test_images, raw.test_labels
+  class_names = list(raw.class_names)
+  classes = tuple(data_config.get("classes") or ())
+  if classes:  # a subset of the classes, relabelled 0..k-1 in the order given
+    ((train_x, train_y), (test_x, test_y)), class_names = select_classes(
+        [(train_x, train_y), (test_x, test_y)], classes, class_names)
   # The small-run switch: the first N examples (a fixed, seed-independent subset).
   if data_config["max_train_examples"] > 0:
     train_x, train_y = train_x[:data_config["max_train_examples"]], train_y[:data_config["max_train_examples"]]
@@ -99,6 +133,9 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   def scale(x):
     return x.astype(np.float32) / np.float32(raw.pixel_max)
 
+  per_class = data_config.get("labels_per_class", -1)
+  if per_class and per_class > 0:  # few labels: N per class, chosen with split_seed
+    train_idx = labels_per_class(train_y, train_idx, per_class, data_config["split_seed"])
   train = Split(scale(train_x[train_idx]), train_y[train_idx])
   validation = Split(scale(train_x[val_idx]), train_y[val_idx]) if len(val_idx) else None
   test = Split(scale(test_x), test_y)
@@ -111,4 +148,4 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     for split in (train, validation, test):
       if split is not None:
         split.images = (split.images - mean) / std
-  return PreparedData(train, validation, test, list(raw.class_names), stats)
+  return PreparedData(train, validation, test, class_names, stats)

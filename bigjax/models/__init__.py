@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 
+from bigjax.models.autoencoder import DenoisingAutoencoder
 from bigjax.models.cnn import CNN
 from bigjax.models.mlp import MLP
 from bigjax.models.vit import ViT
@@ -21,6 +22,7 @@ MODELS.register("mlp")(MLP)
 MODELS.register("cnn")(CNN)
 MODELS.register("resnet")(ResNet)
 MODELS.register("vit")(ViT)
+MODELS.register("denoising_autoencoder")(DenoisingAutoencoder)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
                     "resnet18": ResNet18, "resnet34": ResNet34}.items():
   MODELS.register(_name)(_cls)
