@@ -32,8 +32,11 @@ def checkpoint_dir(workdir: str, kind: str = LATEST) -> str:
 
 
 def make_manager(workdir: str, max_to_keep: int | None = 3, create: bool = True,
-                 kind: str = LATEST) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+                 kind: str = LATEST, async_save: bool = True) -> ocp.CheckpointManager:
+  """With `async_save`, `save` returns once the arrays are copied off the device and the
+  writing happens in a background thread (training goes on meanwhile)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                         enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(
       checkpoint_dir(workdir, kind), options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(),

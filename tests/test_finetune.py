@@ -329,3 +329,29 @@ def test_autoencoder_pretraining_then_fine_tuning_loads_the_encoder(fashion_mnis
                "head/kernel       re-initialised"):
     assert " ".join(line.split()) in " ".join(table.split())
   assert results["steps"] == 600 // 32
+
+
+def test_keep_k_latest_and_the_best_apart(tmp_path):
+  rows_path = tmp_path / "metrics.jsonl"
+  train.run(_config(**{"train.num_epochs": 5, "checkpoint.max_to_keep": 2}), str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [160, 200]
+  import json
+  validation = {r["step"]: r["accuracy"] for r in map(json.loads, open(rows_path))
+                if r["split"] == "validation"}
+  best_step = min(s for s, a in validation.items() if a == max(validation.values()))
+  assert os.listdir(tmp_path / "checkpoints_best") == [str(best_step)]
+
+
+def test_batch_norm_statistics_can_stay_frozen(pretrained, tmp_path):
+  def run(workdir, freeze):
+    config = _config(**{"model.norm": "batch", "train.num_epochs": 1,
+                        "finetune.freeze_batch_stats": freeze})
+    setup = train.Setup(config)
+    train.run(config, str(workdir))
+    return setup.initial_state.model_state, _params(workdir)["model_state"]
+
+  before, after = run(tmp_path / "frozen", True)
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+  before, after = run(tmp_path / "moving", False)
+  assert not np.allclose(before["batch_stats"]["norm_0"]["mean"],
+                         after["batch_stats"]["norm_0"]["mean"])
