@@ -194,12 +194,12 @@ TRAIN_VALUES = ("loss", "accuracy", "learning_rate")  # what "train/..." keys ca
 
 
 def check_metric_keys(config: ml_collections.ConfigDict, setup: Setup,
-                      epoch_splits: list[str]) -> None:
+                      epoch_splits: list[str], best_key: str) -> None:
   """Every "split/metric" the config stops or keeps the best by exists after each epoch."""
   keys = {"config.train.stop_when": (termination.Target.parse(config.train.stop_when).key
                                      if config.train.stop_when else ""),
           "config.train.early_stopping.metric": config.train.early_stopping.metric,
-          "config.checkpoint.best_metric": config.checkpoint.best_metric}
+          "config.checkpoint.best_metric": best_key}
   keys = {where: key for where, key in keys.items() if key}
   if not keys:
     return
@@ -263,14 +263,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("workdir: %s", workdir)
   target = termination.Target.parse(config.train.stop_when)
   early = config.train.early_stopping
-  best_key = config.checkpoint.best_metric
-  best_manager = (checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST)
-                  if best_key else None)
 
   setup = Setup(config)
   epoch_splits = split_names(config.eval.every_epoch, "config.eval.every_epoch", setup)
   final_splits = split_names(config.eval.at_end, "config.eval.at_end", setup)
-  check_metric_keys(config, setup, epoch_splits)
+  best_key = config.checkpoint.best_metric
+  if best_key.startswith("validation/") and "validation" not in epoch_splits:
+    # The default keys on validation; a run that holds none out simply keeps no best.
+    logging.info("no validation split evaluated each epoch: no best checkpoint "
+                 "(config.checkpoint.best_metric=%s)", best_key)
+    best_key = ""
+  check_metric_keys(config, setup, epoch_splits, best_key)
+  best_manager = (checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST)
+                  if best_key else None)
   if writer:
     write_json(os.path.join(workdir, "data_stats.json"), setup.data.stats)
   board = (tensorboard.ScalarWriter(os.path.join(workdir, "tensorboard"))

@@ -258,3 +258,10 @@ def test_progress_bar_and_eta_leave_out_compilation_and_evaluation(monkeypatch):
   progress.resume()
   assert progress.bar(21) == "[####----------------]  21%"
   assert progress.line(21).endswith("| 100 ex/s | ETA 0:00:08")  # 79 steps at 10/s
+
+
+def test_a_run_without_a_validation_split_keeps_no_best_checkpoint(tmp_path):
+  results = train.run(_config(**{"data.validation_fraction": 0.0, "train.num_epochs": 1,
+                                 "report.plots": False, "report.html": False}), str(tmp_path))
+  assert set(results["metrics"]) == {"test"} and results["best_checkpoint"] is None
+  assert not os.path.exists(tmp_path / "checkpoints_best")
