@@ -8,15 +8,11 @@ training time a shipped config loses to checkpointing at its default interval.
 import argparse
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

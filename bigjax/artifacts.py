@@ -115,8 +115,8 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
 
 def write_report_if(config, workdir: str, results: dict, setup, state, pictures: list) -> None:
   if config.report.html:
-    params = (lora.merge(state.params, config.lora.alpha / config.lora.rank)
-              if lora.is_lora(state.params) else state.params)
+    params = (lora.merge(state.params, setup.model.scale) if lora.is_lora(state.params)
+              else state.params)
     variables = {"params": params, **state.model_state}
     model_summary = summary.summarize(setup.base_model, variables, setup.example_input)
     write_report(workdir, config, results, setup.data.class_names, model_summary, pictures)
@@ -174,7 +174,7 @@ def _library_versions(environment: dict) -> dict[str, Any]:
   return versions
 
 
-def write_lora(workdir: str, config, params) -> tuple[str, str]:
+def write_lora(workdir: str, config, params, scale: float) -> tuple[str, str]:
   """The adapters on their own (lora_adapters/) and the merged params (export/params/),
   each an Orbax checkpoint of a plain tree, with lora.json saying how they were made."""
   import orbax.checkpoint as ocp
@@ -183,7 +183,7 @@ def write_lora(workdir: str, config, params) -> tuple[str, str]:
   export_dir = os.path.join(workdir, "export", "params")
   checkpointer = ocp.StandardCheckpointer()
   for path, tree in ((adapters_dir, params[lora.ADAPTERS]),
-                     (export_dir, lora.merge(params, config.lora.alpha / config.lora.rank))):
+                     (export_dir, lora.merge(params, scale))):
     checkpointer.save(path, tree, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()

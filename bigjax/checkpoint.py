@@ -43,6 +43,25 @@ def make_manager(workdir: str, max_to_keep: int | None = 3, create: bool = True,
                      "meta": ocp.JsonCheckpointHandler()})
 
 
+def list_steps(workdir: str, kind: str = LATEST) -> list[int]:
+  """The complete checkpoints' steps in a workdir's folder of `kind`, ascending (Orbax's
+  unfinished saves are named <step>.orbax-checkpoint-tmp-*, so they are not listed)."""
+  folder = checkpoint_dir(workdir, kind)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def pick_step(steps: list[int], step: str | int, folder: str) -> int:
+  """The newest of `steps` for "latest" or "best" (a best folder keeps one), else `step`."""
+  if step in ("latest", "best"):
+    return max(steps)
+  if int(step) not in steps:
+    raise FileNotFoundError(f"{folder} has no checkpoint at step {step}; it has steps "
+                            f"{sorted(steps)}. Pass latest, best, or one of those.")
+  return int(step)
+
+
 def _shapes_by_path(tree: Any) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}

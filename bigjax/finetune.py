@@ -76,16 +76,12 @@ def locate(path: str, step: str | int = "latest") -> tuple[str, str, int]:
   else:
     workdir, kind = path, checkpoint.BEST if step == "best" else checkpoint.LATEST
   folder = checkpoint.checkpoint_dir(workdir, kind)
-  steps = sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if os.path.isdir(folder) else []
+  steps = checkpoint.list_steps(workdir, kind)
   if not steps:
     raise FileNotFoundError(
         f"config.init_from.path={path} holds no checkpoint (looked in {folder}). Train that "
         "run first, or point at the workdir of one that has finished an epoch.")
-  if step in ("latest", "best"):
-    return workdir, kind, steps[-1]
-  if int(step) not in steps:
-    raise FileNotFoundError(f"{folder} has no checkpoint at step {step}; it has {steps}.")
-  return workdir, kind, int(step)
+  return workdir, kind, checkpoint.pick_step(steps, step, folder)
 
 
 def read(path: str, step: str | int = "latest") -> Source:
@@ -165,8 +161,9 @@ def load(state: Any, source: Source, init_config: Mapping[str, Any],
          model_name: str | None = None) -> tuple[Any, str]:
   """`state` with params (and, if asked, model state) taken from `source` as planned;
   returns (state, the table). Strict mode refuses unused, missing and mismatched paths."""
-  lora_on = isinstance(state.params, Mapping) and set(state.params) == {"base", "lora"}
-  target = flatten(state.params["base"] if lora_on else state.params)
+  from bigjax import lora  # (lora builds on this module's flatten/unflatten)
+  lora_on = lora.is_lora(state.params)
+  target = flatten(state.params[lora.BASE] if lora_on else state.params)
   rows = plan(source.params, target, skip=init_config["skip"],
               reinit_mismatched=init_config["reinit_mismatched"])
   collections = {}
@@ -203,7 +200,7 @@ def load(state: Any, source: Source, init_config: Mapping[str, Any],
       params[r.path] = jnp.asarray(source.params[r.path], dtype=target[r.path].dtype)
   loaded_params = unflatten(params)
   if lora_on:  # the adapters stay as initialised
-    loaded_params = {"base": loaded_params, "lora": state.params["lora"]}
+    loaded_params = {lora.BASE: loaded_params, lora.ADAPTERS: state.params[lora.ADAPTERS]}
   new_state = state.replace(params=loaded_params)
   if collections:
     model_state = flatten(state.model_state)

@@ -25,19 +25,15 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
   workdir = os.path.abspath(workdir)
   kind = checkpoint.BEST if step == "best" else checkpoint.LATEST
   folder = checkpoint.checkpoint_dir(workdir, kind)
-  manager = (checkpoint.make_manager(workdir, create=False, kind=kind)
-             if os.path.isdir(folder) else None)
-  steps = manager.all_steps() if manager is not None else []
+  steps = checkpoint.list_steps(workdir, kind)
   if not steps:
     why = (" (config.checkpoint.best_metric was off, or no epoch has ended)"
            if kind == checkpoint.BEST else "")
     raise FileNotFoundError(
         f"No checkpoint in {folder}{why}: train this workdir first "
         f"(python run.py --config=... --workdir={workdir}).")
-  chosen = max(steps) if step in ("latest", "best") else int(step)
-  if chosen not in steps:
-    raise FileNotFoundError(f"{folder} has no checkpoint at step {chosen}; it has steps "
-                            f"{sorted(steps)}. Pass --step=latest, best, or one of those.")
+  chosen = checkpoint.pick_step(steps, step, folder)
+  manager = checkpoint.make_manager(workdir, create=False, kind=kind)
   setup = Setup(config)
   state, _ = checkpoint.restore(manager, chosen, setup.initial_state,
                                 input_channels=setup.data.train.images.shape[-1])

@@ -183,8 +183,6 @@ def predict_logits(model: nn.Module, state: TrainState, images: jax.Array) -> ja
   logits, _ = _apply(model, state.params, state.model_state, images, train=False)
   return logits
 
-  return eval_step
-
 
 def scan_steps(step_on_indices: Callable) -> Callable:
   """`(state, images, labels, indices [k, B]) -> (state, metrics stacked [k])`: k train

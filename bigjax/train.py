@@ -11,7 +11,6 @@ import logging as py_logging
 import os
 import platform
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,8 @@ from bigjax.preemption import Interrupted, SaveOnSignal  # noqa: F401 (Interrupt
 from bigjax.registry import ConfigError, did_you_mean
 from bigjax.reporting import MetricsLog, Progress, write_json
 from bigjax.steps import (TrainState, count_params, create_train_state, gather_batch,
-                          make_eval_step, make_train_step, predict_logits, scan_steps)
+                          has_class_outputs, make_eval_step, make_train_step, predict_logits,
+                          scan_steps)
 
 logging = py_logging.getLogger(__name__)
 
@@ -71,10 +71,8 @@ class Setup:
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
     variables = init_variables(self.model, init_rng, self.example_input)
-    output_shape = jax.eval_shape(lambda: self.model.apply(variables, self.example_input)).shape
-    # Class scores [B, C] on class labels (not regression, not an autoencoder's images).
-    self.classifies = (len(output_shape) == 2 and output_shape[-1] > 1
-                       and not self.data.is_regression)
+    outputs = jax.eval_shape(lambda: self.model.apply(variables, self.example_input))
+    self.classifies = has_class_outputs(outputs, self.data.train.labels)
     self.base_model = self.model
     freeze = config.finetune.freeze
     if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/lora.py)
@@ -155,7 +153,7 @@ class Setup:
 
   def outputs(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """The model's outputs [N, C] (eval mode) for model-ready images [N, H, W, C]."""
-    indices, mask = data_lib.padded_batches(len(images), self.eval_batch_size)
+    indices, _ = data_lib.padded_batches(len(images), self.eval_batch_size)
     out = [self.outputs_on_indices(state, images, batch) for batch in indices]
     return np.concatenate(jax.device_get(out))[:len(images)]
 
@@ -509,7 +507,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.report.plots or config.report.html:
       artifacts.final_outputs(workdir, config, setup, state, results)
     if config.lora.rank > 0:
-      artifacts.write_lora(workdir, config, state.params)
+      artifacts.write_lora(workdir, config, state.params, setup.model.scale)
   manager.close()
   if best_manager is not None:
     best_manager.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import fashion_mnist, mnist
+from configs import fashion_mnist
 
 DEPTHS = ("resnet20", "resnet32", "resnet56")
 
