@@ -20,6 +20,7 @@ import numpy as np
 import bigjax
 from bigjax import (artifacts, checkpoint, data as data_lib, finetune, lora,
                     metrics as metrics_lib, tensorboard, termination, validate)
+from bigjax.data import augment as augment_lib, feed
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
 from bigjax.optimizers import build_optimizer
@@ -35,6 +36,7 @@ logging = py_logging.getLogger(__name__)
 # Keys that may change between a run and its resumption without
 # config.checkpoint.allow_config_change (they change how long or how verbosely it runs).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_steps",
+                     "data.placement",
                      "train.steps_per_call", "train.stop_when", "train.early_stopping.metric",
                      "train.early_stopping.mode", "train.early_stopping.patience",
                      "train.early_stopping.min_delta", "eval.batch_size", "eval.metrics",
@@ -42,6 +44,8 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_ste
                      "checkpoint.max_to_keep", "report.plots", "report.html",
                      "report.tensorboard")
 PLOT_INTERVAL_SECONDS = 60.0
+# Augmentation keys are fold_in(fold_in(rng, AUGMENT_STREAM), step): apart from dropout's.
+AUGMENT_STREAM = 0x617567
 # The metrics a log line shows, when computed.
 _HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2")
 
@@ -57,9 +61,17 @@ class Setup:
     # (Schedules need the run's length, so the step count is known before the optimizer.)
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
+    self.placement = config.data.get("placement", "device")
+    if self.placement not in ("device", "host"):
+      raise ConfigError(f'config.data.placement="{self.placement}": use "device" (whole '
+                        'splits in device memory, the fastest) or "host" (batches read on '
+                        "the host and prefetched, for data larger than device memory).")
     self.data = data_lib.load(config.data)
     validate.check_data(config, self.data)
-    self.splits = {name: (jax.device_put(s.images), jax.device_put(s.labels))
+    # Device placement: each split lives in device memory and batches are gathered there.
+    # Host placement: splits stay on the host (lazily read) and batches are copied over.
+    self.splits = {name: ((jax.device_put(s.images), jax.device_put(s.labels))
+                          if self.placement == "device" else (s.images, s.labels))
                    for name, s in self.data.splits().items()}
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
                  + f" examples of shape {self.data.train.images.shape[1:]}, "
@@ -101,6 +113,12 @@ class Setup:
                  f" ({trainable:,} trainable, {frozen:,} frozen"
                  + (f"; LoRA rank {config.lora.rank}" if config.lora.rank > 0 else "")
                  + ")" if frozen else "")
+    # ------------------------------------------------------ augmentation
+    self.augment = augment_lib.make_augmenter(
+        config.data.get("augment"), outputs.shape[-1] if self.classifies else None)
+    if self.augment is not None:
+      logging.info("augmentation (train split, on the device): %s",
+                   augment_lib.describe(config.data.augment))
     # ------------------------------------------------------ jitted steps
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     train_step = make_train_step(self.model, self.loss_fn, self.tx,
@@ -108,23 +126,39 @@ class Setup:
                                  update_model_state=not config.finetune.freeze_batch_stats)
     eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names)
 
+    def train_on_batch(state, batch):
+      if self.augment is not None:  # keyed by (seed, step): reproducible, and resumable
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT_STREAM), state.step)
+        batch = self.augment(batch, key)
+      return train_step(state, batch)
+
     # The loop's step gathers its batch from the device-resident split, so the host only
     # sends B indices per step. State is donated: its buffers are reused in place.
     def train_on_indices(state, images, labels, indices):
-      return train_step(state, gather_batch(images, labels, indices))
+      return train_on_batch(state, gather_batch(images, labels, indices))
 
     def eval_on_indices(state, images, labels, indices, mask):
       return eval_step(state, gather_batch(images, labels, indices, mask))
 
+    def outputs_of(state, images):
+      return predict_logits(self.model, state, images).astype(jnp.float32)
+
     def outputs_on_indices(state, images, indices):
-      return predict_logits(self.model, state,
-                            jnp.take(images, indices, axis=0)).astype(jnp.float32)
+      return outputs_of(state, jnp.take(images, indices, axis=0))
 
     self.train_on_indices = jax.jit(train_on_indices, donate_argnums=0)
     self.steps_per_call = config.train.get("steps_per_call", 1)
+    if self.placement == "host" and self.steps_per_call > 1:
+      logging.info("config.train.steps_per_call=%d ignored with host placement: one step "
+                   "per prefetched batch", self.steps_per_call)
+      self.steps_per_call = 1
     self.train_many_on_indices = jax.jit(scan_steps(train_on_indices), donate_argnums=0)
     self.eval_on_indices = jax.jit(eval_on_indices)
     self.outputs_on_indices = jax.jit(outputs_on_indices)
+    # The host path's steps take batches that are already on the device.
+    self.train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
+    self.eval_on_batch = jax.jit(eval_step)
+    self.outputs_on_batch = jax.jit(outputs_of)
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
     self.eval_batch_size = min(config.eval.batch_size, largest)
 
@@ -137,8 +171,13 @@ class Setup:
     """The configured metrics over every example of a split, exactly once (padding masked)."""
     images, labels = self.splits[split]
     indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
-    batch_sums = [self.eval_on_indices(state, images, labels, batch_indices, batch_mask)
-                  for batch_indices, batch_mask in zip(indices, mask)]
+    if self.placement == "host":
+      batches = feed.Prefetch(dict(image=images[i], label=labels[i], mask=m)
+                              for i, m in zip(indices, mask))
+      batch_sums = [self.eval_on_batch(state, batch) for batch in batches]
+    else:
+      batch_sums = [self.eval_on_indices(state, images, labels, batch_indices, batch_mask)
+                    for batch_indices, batch_mask in zip(indices, mask)]
     # Per-batch sums stay on the device until here: one transfer, then float64 totals.
     return metrics_lib.compute(self.metric_names, metrics_lib.total(jax.device_get(batch_sums)))
 
@@ -147,14 +186,20 @@ class Setup:
     split = "validation" if "validation" in self.splits else "test"
     images, labels = self.splits[split]
     indices, mask = data_lib.padded_batches(min(len(labels), 8), 8)
-    sums = self.eval_on_indices(self.initial_state, images, labels, indices[0], mask[0])
+    sums = self.eval_on_batch(self.initial_state, dict(image=images[indices[0]],
+                                                       label=labels[indices[0]], mask=mask[0]))
     values = metrics_lib.compute(self.metric_names, metrics_lib.total([jax.device_get(sums)]))
     return set(metrics_lib.scalars(values))
 
   def outputs(self, state: TrainState, images: jax.Array) -> np.ndarray:
-    """The model's outputs [N, C] (eval mode) for model-ready images [N, H, W, C]."""
+    """The model's outputs [N, C] (eval mode) for model-ready images [N, H, W, C] (on the
+    device, or host arrays/lazy images read batch by batch)."""
     indices, _ = data_lib.padded_batches(len(images), self.eval_batch_size)
-    out = [self.outputs_on_indices(state, images, batch) for batch in indices]
+    if isinstance(images, jax.Array):
+      out = [self.outputs_on_indices(state, images, batch) for batch in indices]
+    else:
+      out = [self.outputs_on_batch(state, batch)
+             for batch in feed.Prefetch(images[i] for i in indices)]
     return np.concatenate(jax.device_get(out))[:len(images)]
 
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
@@ -296,6 +341,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------------------ compile
   train_images, train_labels = setup.splits["train"]
+  host = setup.placement == "host"
   k = setup.steps_per_call
   compiled: dict = {}
   compile_seconds = 0.0
@@ -310,10 +356,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal compile_seconds
     if steps not in compiled:
       t_compile = time.perf_counter()
-      fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
-                   (setup.train_many_on_indices, (steps, batch_size)))
-      compiled[steps] = fn.lower(state_spec, train_images, train_labels,
-                                 np.zeros(shape, np.int32)).compile()
+      if host:  # a batch already on the device
+        batch_spec = {"image": jax.ShapeDtypeStruct((batch_size, *train_images.shape[1:]),
+                                                    np.float32),
+                      "label": jax.ShapeDtypeStruct((batch_size, *train_labels.shape[1:]),
+                                                    train_labels.dtype)}
+        compiled[steps] = setup.train_on_batch.lower(state_spec, batch_spec).compile()
+      else:
+        fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
+                     (setup.train_many_on_indices, (steps, batch_size)))
+        compiled[steps] = fn.lower(state_spec, train_images, train_labels,
+                                   np.zeros(shape, np.int32)).compile()
       compile_seconds += time.perf_counter() - t_compile
     return compiled[steps]
 
@@ -415,18 +468,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   epoch = step // steps_per_epoch
   signals = SaveOnSignal()
   signals.install()
+  batches = None  # the host path's prefetcher for the current epoch
   try:
     while step < total_steps:
       order = data_lib.epoch_permutation(config.seed, epoch, n_train)
       i = step % steps_per_epoch
       epoch_end = min(steps_per_epoch, i + total_steps - step)  # num_steps may end mid-epoch
+      batches = (feed.Prefetch(feed.host_batches(train_images, train_labels, order,
+                                                 batch_size, i, epoch_end))
+                 if host else None)
       while i < epoch_end:
         # k steps per call, but never across an epoch end or a logging step, so outputs
         # and checkpoints are the same whatever steps_per_call is.
         n = min(k, epoch_end - i, log_every - step % log_every,
                 save_every - step % save_every if save_every else k)
         indices = order[i * batch_size:(i + n) * batch_size]
-        if n == k > 1:
+        if host:
+          n = 1
+          state, step_metrics = compiled_step(1)(state, next(batches))
+        elif n == k > 1:
           state, step_metrics = compiled_step(k)(state, train_images, train_labels,
                                                  indices.reshape(k, batch_size))
         else:
@@ -442,12 +502,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % log_every == 0:
           flush_train_metrics(epoch)
         if signals.received is not None and i < epoch_end:  # preempted: save, then stop
+          if batches is not None:
+            batches.close()
           flush_train_metrics(epoch)
           save_latest(epoch)
           signals.stop(manager, step)
         if save_every and step % save_every == 0 and i < steps_per_epoch:
           save_latest(epoch)  # the epoch's end saves anyway
       # ---------------------------------------------------- end of epoch
+      if batches is not None:
+        batches.close()
       flush_train_metrics(epoch)
       jax.block_until_ready(state.step)
       train_seconds += time.perf_counter() - t_segment
@@ -465,6 +529,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         signals.stop(manager, step)  # the epoch's end saved
   finally:
     signals.uninstall()
+    if batches is not None:
+      batches.close()
 
   # -------------------------------------------------------------- final
   manager.wait_until_finished()

@@ -10,7 +10,18 @@ import ml_collections
 import numpy as np
 
 from bigjax.data import PreparedData
+from bigjax.data.pipeline import LazyImages
 from bigjax.registry import ConfigError
+
+
+def _count_nonfinite(images) -> int:
+  """NaN/Inf pixel values; lazily read images are scanned chunk by chunk (integer pixels,
+  e.g. uint8, cannot be either)."""
+  if isinstance(images, LazyImages):
+    if not np.issubdtype(images.raw.dtype, np.floating):
+      return 0
+    return sum(int(c.size - np.isfinite(c).sum()) for c in images.chunks())
+  return int(images.size - np.isfinite(images).sum())
 
 
 def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
@@ -24,7 +35,7 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
         f"{n_train} training examples (after holding out validation). Use "
         f"--config.train.batch_size={max(1, n_train // 10)} or more data.")
   for name, split in data.splits().items():
-    bad = int(split.images.size - np.isfinite(split.images).sum())
+    bad = _count_nonfinite(split.images)
     if bad:
       raise ConfigError(
           f"The {name} split has {bad} NaN or infinite pixel values. Clean the data (e.g. "

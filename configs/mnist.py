@@ -58,9 +58,12 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
   config.model = dict(MODELS[variant])
 
   config.data = dict(
-      source="tfds",             # tfds | idx | digits | "package.module:fn"
+      source="tfds",             # tfds | idx | folder | arrays | digits | diabetes |
+                                 # "package.module:fn"
       name="mnist",              # TFDS name (or a label for local data)
-      path="",                   # folder of IDX files for source=idx
+      path="",                   # idx: folder of IDX files; folder: PATH/<class>/*.jpg (or
+                                 # PATH/train/<class>, PATH/test/<class>); arrays: a .npz
+                                 # or a folder of .npy files (bigjax/data/arrays.py)
       data_dir="",               # TFDS data_dir; "" = TFDS's default (~/tensorflow_datasets)
       download=True,             # let TFDS download and prepare (needs network and TensorFlow)
       train_split="train",
@@ -72,6 +75,25 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       labels_per_class=-1,       # >0: train on N labelled examples per class (few labels)
       max_train_examples=-1,     # >0: use only the first N (small runs)
       max_test_examples=-1,
+      image_size=(),             # (H, W): resize every image (bilinear); () = as stored
+      channels=0,                # folder: 1 (grayscale) or 3 (RGB); 0 = as the first image
+      test_fraction=0.2,         # held out as test when the source has no test split
+      skip_bad_images=False,     # folder: skip (and log) files that cannot be decoded
+      # device: every split in device memory, batches gathered there (fastest; the default);
+      # host: batches read on the host (memory-mapped .npy stream) and prefetched.
+      placement="device",
+      # Train-split augmentation, on the device inside the train step (bigjax/data/augment.py);
+      # 0/False = off. Validation and test data are never augmented.
+      augment=dict(
+          crop_padding=0,        # pad N pixels (zeros) each side, crop back at a random offset
+          flip_lr=False,         # mirror left-right with probability 1/2
+          flip_ud=False,         # flip upside down with probability 1/2
+          rotate_degrees=0.0,    # rotate by a uniform angle in [-d, d]
+          scale=0.0,             # zoom by a uniform factor in [1 - s, 1 + s]
+          translate=0.0,         # shift by up to this fraction of height and width
+          cutout_size=0,         # zero one random N x N square (random erasing)
+          mixup_alpha=0.0,       # mix pairs with Beta(a, a) weights; labels become soft
+      ),
   )
   config.loss = dict(
       name="softmax_cross_entropy",  # | multiclass_hinge | sigmoid_binary_cross_entropy |

@@ -155,7 +155,7 @@ def test_predict_on_an_unreadable_image(finished_run, tmp_path):
   config, workdir, _ = finished_run
   bad = tmp_path / "notes.png"
   bad.write_text("not an image")
-  with pytest.raises(ValueError, match="Cannot read .*notes.png as an image"):
+  with pytest.raises(ValueError, match="Cannot decode .*notes.png as an image"):
     inference.predict(config, workdir, files=[str(bad)])
   with pytest.raises(FileNotFoundError, match="no such image file"):
     inference.predict(config, workdir, files=[str(tmp_path / "missing.png")])

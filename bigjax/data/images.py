@@ -1,31 +1,51 @@
-"""Image files (JPEG, PNG, ...) read into model-ready arrays."""
+"""Image files (JPEG, PNG, ...) read into arrays: one file, a list of files, or a folder
+with one subfolder per class."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bigjax.registry import ConfigError
 
-def load_image_file(path: str, height: int, width: int, channels: int) -> np.ndarray:
-  """One image as float32 [height, width, channels] in [0, 1], resized and converted
-  (to grayscale for 1 channel, RGB for 3)."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class BadImageError(ValueError):
+  """A file that cannot be decoded as an image."""
+
+
+def decode_image(path: str, size: Sequence[int] | None, channels: int) -> np.ndarray:
+  """One image file as uint8 [H, W, channels] (grayscale for 1 channel, RGB for 3), resized
+  (bilinear) to size=(H, W) when given and different."""
   from PIL import Image, UnidentifiedImageError
   if channels not in (1, 3):
-    raise ValueError(f"Image files can feed 1- or 3-channel models; this one takes {channels}.")
+    raise ConfigError(f"Image files can feed 1- or 3-channel models; {channels} channels "
+                      "asked for (config.data.channels).")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such image file.")
   try:
     with Image.open(path) as image:
       image.load()
       image = image.convert("L" if channels == 1 else "RGB")
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise ValueError(f"Cannot read {path} as an image ({e}). Give JPEG or PNG files.") from None
-  if image.size != (width, height):
-    image = image.resize((width, height), Image.BILINEAR)
-  pixels = np.asarray(image, np.float32) / 255.0
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise BadImageError(f"Cannot decode {path} as an image ({e}).") from None
+  if size and tuple(size) != (image.height, image.width):
+    image = image.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+  pixels = np.asarray(image, np.uint8)
   return pixels[..., None] if channels == 1 else pixels
+
+
+def load_image_file(path: str, height: int, width: int, channels: int) -> np.ndarray:
+  """One image as float32 [height, width, channels] in [0, 1]."""
+  try:
+    pixels = decode_image(path, (height, width), channels)
+  except BadImageError as e:
+    raise ValueError(f"{e} Give JPEG or PNG files.") from None
+  return pixels.astype(np.float32) / 255.0
 
 
 def load_image_files(paths: Sequence[str], shape: Sequence[int],
@@ -38,3 +58,82 @@ def load_image_files(paths: Sequence[str], shape: Sequence[int],
     images = (images - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"],
                                                                           np.float32)
   return images
+
+
+def class_folders(root: str) -> list[tuple[str, list[str]]]:
+  """[(class name, sorted image paths)] for each subfolder of `root`, sorted by name."""
+  if not os.path.isdir(root):
+    raise ConfigError(f"{root}: no such folder (config.data.path). An image folder holds "
+                      "one subfolder of images per class, e.g. PATH/cat/*.jpg, PATH/dog/*.jpg.")
+  names = sorted(d for d in os.listdir(root)
+                 if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+  if not names:
+    raise ConfigError(f"{root} has no subfolders. An image folder holds one subfolder of "
+                      "images per class, e.g. PATH/cat/*.jpg, PATH/dog/*.jpg.")
+  out = []
+  for name in names:
+    folder = os.path.join(root, name)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not files:
+      raise ConfigError(f"Class folder {folder} holds no image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)}). Add images or remove the folder.")
+    out.append((name, files))
+  return out
+
+
+def _first_image_channels(path: str) -> int:
+  from PIL import Image
+  try:
+    with Image.open(path) as image:
+      return 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+  except Exception:  # pylint: disable=broad-except  (decode_image names it later)
+    return 3
+
+
+def load_class_folders(root: str, size: Sequence[int] | None, channels: int,
+                       skip_bad: bool, class_names: Sequence[str] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+  """(images uint8 [N, H, W, C], labels int32 [N], class names, skipped files) of an image
+  folder. `channels` 0 takes the first image's (1 for grayscale, else 3). Without `size`,
+  every image must already have one size. `class_names` fixes the label order (a test
+  folder must use the train folder's)."""
+  classes = class_folders(root)
+  found = [name for name, _ in classes]
+  if class_names is not None:
+    extra = sorted(set(found) - set(class_names))
+    if extra:
+      raise ConfigError(f"{root} has class folders {extra} that the training folder lacks "
+                        f"(its classes: {list(class_names)}).")
+  names = list(class_names) if class_names is not None else found
+  index = {name: i for i, name in enumerate(names)}
+  paths = [p for _, files in classes for p in files]
+  labels = [index[name] for name, files in classes for _ in files]
+  channels = channels or _first_image_channels(paths[0])
+
+  def read(path):
+    try:
+      return decode_image(path, size, channels)
+    except BadImageError as e:
+      if skip_bad:
+        return None
+      raise BadImageError(f"{e} Remove or replace it, or pass "
+                          "--config.data.skip_bad_images=True to skip such files.") from None
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    decoded = list(pool.map(read, paths))  # PIL decodes outside the GIL
+  skipped = [p for p, image in zip(paths, decoded) if image is None]
+  kept = [(image, label, p) for image, label, p in zip(decoded, labels, paths)
+          if image is not None]
+  if not kept:
+    raise ConfigError(f"No image in {root} could be decoded.")
+  shapes = {}
+  for image, _, path in kept:
+    shapes.setdefault(image.shape, path)
+  if len(shapes) > 1:
+    (s1, p1), (s2, p2) = list(shapes.items())[:2]
+    raise ConfigError(f"Images in {root} differ in size ({p1}: {s1[0]}x{s1[1]}, {p2}: "
+                      f"{s2[0]}x{s2[1]}). Set --config.data.image_size=H,W to resize them "
+                      f"all, e.g. --config.data.image_size={s1[0]},{s1[1]}.")
+  images = np.stack([image for image, _, _ in kept])
+  return images, np.asarray([label for _, label, _ in kept], np.int32), names, skipped

@@ -15,10 +15,62 @@ from bigjax.data.sources import RawData
 from bigjax.registry import ConfigError
 
 
+class LazyImages:
+  """Model-ready float32 images [N, H, W, C] read on demand from raw pixels.
+
+  `raw` may be memory-mapped (a folder of .npy files) and larger than memory: only the
+  rows a batch indexes are read, then scaled by 1/pixel_max and standardised. Indexing with
+  an int array or slice gives a float32 numpy array; np.asarray reads everything.
+  """
+
+  def __init__(self, raw: np.ndarray, rows: np.ndarray | None, pixel_max: float,
+               mean: np.ndarray | None = None, std: np.ndarray | None = None):
+    self.raw, self.rows = raw, rows
+    self.pixel_max, self.mean, self.std = np.float32(pixel_max), mean, std
+
+  @property
+  def shape(self) -> tuple:
+    return (len(self),) + tuple(self.raw.shape[1:])
+
+  @property
+  def ndim(self) -> int:
+    return self.raw.ndim
+
+  dtype = np.dtype(np.float32)
+
+  def __len__(self) -> int:
+    return len(self.rows) if self.rows is not None else len(self.raw)
+
+  def standardized(self, mean: np.ndarray, std: np.ndarray) -> "LazyImages":
+    return LazyImages(self.raw, self.rows, self.pixel_max, mean, std)
+
+  def __getitem__(self, key) -> np.ndarray:
+    positions = np.arange(len(self))[key] if self.rows is None else self.rows[key]
+    positions = np.asarray(positions)
+    if positions.ndim == 0:
+      return self[np.asarray([key])][0]
+    # Sorted reads: a memory-mapped file pages in each region once, front to back.
+    order = np.argsort(positions, kind="stable")
+    pixels = np.empty((len(positions),) + self.raw.shape[1:], self.raw.dtype)
+    pixels[order] = self.raw[positions[order]]
+    images = pixels.astype(np.float32) / self.pixel_max
+    if self.mean is not None:
+      images = (images - self.mean) / self.std
+    return images
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+  def chunks(self, size: int = 4096):
+    for start in range(0, len(self), size):
+      yield self[start:start + size]
+
+
 @dataclasses.dataclass
 class Split:
-  images: np.ndarray   # float32 [N, H, W, C], scaled (and standardised if asked)
-  labels: np.ndarray   # int32 [N] (float32 targets [N] for regression)
+  images: np.ndarray | LazyImages  # float32 [N, H, W, C], scaled (and standardised if asked)
+  labels: np.ndarray               # int32 [N] (float32 targets [N] for regression)
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -75,18 +127,22 @@ def padded_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   return indices.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and standard deviation over [N, H, W]."""
-  axes = tuple(range(images.ndim - 1))
-  mean = images.mean(axis=axes, dtype=np.float64)
-  std = images.std(axis=axes, dtype=np.float64)
+def channel_stats(images: np.ndarray | LazyImages) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and standard deviation over [N, H, W], in two float64 passes over
+  chunks (lazy images are never all in memory at once)."""
+  chunks = images.chunks if isinstance(images, LazyImages) else (lambda: [images])
+  count = len(images) * int(np.prod(images.shape[1:-1]))
+  total = sum(c.reshape(-1, c.shape[-1]).sum(0, dtype=np.float64) for c in chunks())
+  mean = total / count
+  squares = sum(np.square(c.reshape(-1, c.shape[-1]) - mean).sum(0) for c in chunks())
+  std = np.sqrt(squares / count)
   return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
-def select_classes(splits, classes: tuple, class_names: list[str]):
-  """Keeps the examples of `classes` in each (images, labels) split, relabelled by their
-  position in `classes`; returns (splits, the kept class names)."""
-  known = len(class_names) or int(max(int(y.max()) for _, y in splits)) + 1
+def class_rows(labels_per_split, classes: tuple, class_names: list[str]):
+  """For each split's labels, (rows of `classes`' examples, their labels relabelled by
+  position in `classes`); and the kept class names."""
+  known = len(class_names) or int(max(int(y.max()) for y in labels_per_split)) + 1
   bad = [c for c in classes if not 0 <= int(c) < known]
   if bad or len(set(classes)) != len(classes):
     raise ConfigError(f"config.data.classes={classes}: give distinct class ids in "
@@ -94,11 +150,18 @@ def select_classes(splits, classes: tuple, class_names: list[str]):
   relabel = np.full(known, -1, np.int32)
   relabel[list(classes)] = np.arange(len(classes))
   out = []
-  for images, labels in splits:
-    keep = np.isin(labels, classes)
-    out.append((images[keep], relabel[labels[keep]]))
+  for labels in labels_per_split:
+    rows = np.flatnonzero(np.isin(labels, classes))
+    out.append((rows, relabel[labels[rows]]))
   names = [class_names[c] for c in classes] if class_names else [str(c) for c in classes]
   return out, names
+
+
+def select_classes(splits, classes: tuple, class_names: list[str]):
+  """Keeps the examples of `classes` in each (images, labels) split, relabelled by their
+  position in `classes`; returns (splits, the kept class names)."""
+  kept, names = class_rows([labels for _, labels in splits], classes, class_names)
+  return [(images[rows], labels) for (images, _), (rows, labels) in zip(splits, kept)], names
 
 
 def labels_per_class(labels: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -114,31 +177,37 @@ def labels_per_class(labels: np.ndarray, indices: np.ndarray, n: int, seed: int)
 
 def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   """Limits, splits and scales the raw arrays as the data config says."""
-  train_x, train_y = raw.train_images, raw.train_labels
-  test_x, test_y = raw.test_images, raw.test_labels
+  # Splits are rows of the raw arrays, read (scaled, standardised) only when indexed: a
+  # memory-mapped or streamed source is never copied whole.
+  train_x, train_y = raw.train_images, np.asarray(raw.train_labels)
+  test_x, test_y = raw.test_images, np.asarray(raw.test_labels)
+  train_rows, test_rows = np.arange(len(train_y)), np.arange(len(test_y))
   class_names = list(raw.class_names)
   classes = tuple(data_config.get("classes") or ())
   if classes:  # a subset of the classes, relabelled 0..k-1 in the order given
-    ((train_x, train_y), (test_x, test_y)), class_names = select_classes(
-        [(train_x, train_y), (test_x, test_y)], classes, class_names)
+    ((train_rows, train_y), (test_rows, test_y)), class_names = class_rows(
+        [train_y, test_y], classes, class_names)
+  else:
+    train_y, test_y = train_y.copy(), test_y.copy()
   # The small-run switch: the first N examples (a fixed, seed-independent subset).
   if data_config["max_train_examples"] > 0:
-    train_x, train_y = train_x[:data_config["max_train_examples"]], train_y[:data_config["max_train_examples"]]
+    train_rows, train_y = (train_rows[:data_config["max_train_examples"]],
+                           train_y[:data_config["max_train_examples"]])
   if data_config["max_test_examples"] > 0:
-    test_x, test_y = test_x[:data_config["max_test_examples"]], test_y[:data_config["max_test_examples"]]
+    test_rows, test_y = (test_rows[:data_config["max_test_examples"]],
+                         test_y[:data_config["max_test_examples"]])
 
   train_idx, val_idx = train_validation_indices(
       len(train_y), data_config["validation_fraction"], data_config["split_seed"])
 
-  def scale(x):
-    return x.astype(np.float32) / np.float32(raw.pixel_max)
-
   per_class = data_config.get("labels_per_class", -1)
   if per_class and per_class > 0:  # few labels: N per class, chosen with split_seed
     train_idx = labels_per_class(train_y, train_idx, per_class, data_config["split_seed"])
-  train = Split(scale(train_x[train_idx]), train_y[train_idx])
-  validation = Split(scale(train_x[val_idx]), train_y[val_idx]) if len(val_idx) else None
-  test = Split(scale(test_x), test_y)
+  lazy = lambda x, rows: LazyImages(x, rows, raw.pixel_max)
+  train = Split(lazy(train_x, train_rows[train_idx]), train_y[train_idx])
+  validation = (Split(lazy(train_x, train_rows[val_idx]), train_y[val_idx])
+                if len(val_idx) else None)
+  test = Split(lazy(test_x, test_rows), test_y)
 
   stats: dict = {"pixel_max": raw.pixel_max}
   if data_config["standardize"]:
@@ -147,5 +216,9 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     stats.update(mean=mean.tolist(), std=std.tolist())
     for split in (train, validation, test):
       if split is not None:
-        split.images = (split.images - mean) / std
+        split.images = split.images.standardized(mean, std)
+  if data_config.get("placement", "device") != "host":  # in memory, then on the device
+    for split in (train, validation, test):
+      if split is not None:
+        split.images = np.asarray(split.images)
   return PreparedData(train, validation, test, class_names, stats)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from bigjax.data import idx, tfds_source
+from bigjax.data import arrays, idx, images as image_files, tfds_source
 from bigjax.registry import ConfigError, Registry
 
 SOURCES = Registry("data source")
@@ -42,6 +42,96 @@ def _names_for(num_classes: int, known: list[str]) -> list[str]:
   return known if len(known) == num_classes else [str(i) for i in range(num_classes)]
 
 
+def hold_out_test(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+  """(train images, train labels, test images, test labels): a fixed int(N * fraction)
+  examples, chosen with `seed`, held out as test, for sources without a test split."""
+  if not 0.0 < fraction < 1.0:
+    raise ConfigError(f"config.data.test_fraction must be in (0, 1) for a source without a "
+                      f"test split; got {fraction}.")
+  order = np.random.default_rng(seed).permutation(len(labels))
+  n_test = int(len(labels) * fraction)
+  test, train = order[:n_test], order[n_test:]
+  return images[train], labels[train], images[test], labels[test]
+
+
+def resize_images(images: np.ndarray, size) -> np.ndarray:
+  """[N, H, W, C] resized (bilinear) to size=(H', W'); unchanged when it already is."""
+  size = tuple(int(s) for s in size)
+  if images.shape[1:3] == size:
+    return images
+  if images.dtype == np.uint8:
+    from PIL import Image
+    def one(image):
+      squeeze = image.shape[-1] == 1
+      out = np.asarray(Image.fromarray(image[..., 0] if squeeze else image).resize(
+          (size[1], size[0]), Image.BILINEAR))
+      return out[..., None] if squeeze else out
+    return np.stack([one(np.asarray(image)) for image in images])
+  import jax
+  return np.asarray(jax.image.resize(np.asarray(images, np.float32),
+                                     (len(images), *size, images.shape[-1]), "bilinear"))
+
+
+@register_source("folder")
+def load_folder(data_config: Mapping[str, Any]) -> RawData:
+  """Image files, one subfolder per class: `path`/<class>/*.jpg. With `path`/train/<class>
+  and `path`/test/<class>, those are the splits; otherwise config.data.test_fraction of
+  the images (seeded by split_seed) is held out as test."""
+  root = os.path.expanduser(data_config["path"] or "")
+  if not root:
+    raise ConfigError("config.data.source='folder' needs config.data.path: a folder with "
+                      "one subfolder of images per class (PATH/cat/*.jpg, PATH/dog/*.jpg).")
+  size = tuple(data_config.get("image_size") or ()) or None
+  read = lambda folder, names=None: image_files.load_class_folders(
+      folder, size, data_config.get("channels", 0), data_config.get("skip_bad_images", False),
+      names)
+  has_splits = (os.path.isdir(os.path.join(root, "train"))
+                and os.path.isdir(os.path.join(root, "test")))
+  if has_splits:
+    train_x, train_y, names, skipped = read(os.path.join(root, "train"))
+    test_x, test_y, _, skipped_test = read(os.path.join(root, "test"), names)
+    skipped += skipped_test
+    if train_x.shape[1:] != test_x.shape[1:]:
+      raise ConfigError(f"Train images are {train_x.shape[1:]} but test images "
+                        f"{test_x.shape[1:]}; set --config.data.image_size=H,W.")
+  else:
+    images, labels, names, skipped = read(root)
+    train_x, train_y, test_x, test_y = hold_out_test(
+        images, labels, data_config.get("test_fraction", 0.2), data_config["split_seed"])
+  if skipped:
+    import logging
+    logging.getLogger(__name__).warning(
+        "skipped %d image(s) that could not be decoded (config.data.skip_bad_images): %s",
+        len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+  return RawData(train_x, train_y, test_x, test_y, 255.0, names)
+
+
+@register_source("arrays")
+def load_arrays(data_config: Mapping[str, Any]) -> RawData:
+  """NumPy arrays: `path` is a .npz file or a folder of .npy files (memory-mapped) named
+  train_images/train_labels[/test_images/test_labels] (or x_train/y_train/x_test/y_test),
+  optionally class_names. Images are uint8 (scaled by 1/255) or float (used as they are);
+  float labels are regression targets. Without test arrays, config.data.test_fraction is
+  held out (seeded by split_seed)."""
+  found = arrays.load(data_config["path"] or "")
+  train_x, train_y = found["train_images"], np.asarray(found["train_labels"])
+  if "test_images" in found:
+    test_x, test_y = found["test_images"], np.asarray(found["test_labels"])
+  else:
+    train_x, train_y, test_x, test_y = hold_out_test(
+        train_x, train_y, data_config.get("test_fraction", 0.2), data_config["split_seed"])
+  regression = np.issubdtype(train_y.dtype, np.floating)
+  cast = (lambda y: y.astype(np.float32)) if regression else (lambda y: y.astype(np.int32))
+  train_y, test_y = cast(train_y), cast(test_y)
+  if regression:
+    names: list[str] = []
+  else:
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    names = _names_for(num_classes, found.get("class_names", []))
+  pixel_max = 255.0 if train_x.dtype == np.uint8 else 1.0
+  return RawData(train_x, train_y, test_x, test_y, pixel_max, names)
+
+
 @register_source("idx")
 def load_idx(data_config: Mapping[str, Any]) -> RawData:
   """MNIST-format IDX files in `config.data.path`."""
@@ -59,8 +149,17 @@ def load_idx(data_config: Mapping[str, Any]) -> RawData:
 @register_source("tfds")
 def load_tfds(data_config: Mapping[str, Any]) -> RawData:
   """A TFDS dataset with 'image' and 'label' features, e.g. mnist or fashion_mnist."""
-  read = lambda split: tfds_source.load_tfds_split(
-      data_config["name"], split, data_config["data_dir"] or None, data_config["download"])
+  size = tuple(data_config.get("image_size") or ()) or None
+  data_dir = data_config["data_dir"] or None
+
+  def read(split):
+    if data_config.get("placement") == "host":  # stream from disk when the format allows
+      lazy = tfds_source.open_tfds_split_lazily(data_config["name"], split, data_dir,
+                                                size=size)
+      if lazy is not None:
+        return lazy
+    return tfds_source.load_tfds_split(data_config["name"], split, data_dir,
+                                       data_config["download"], size=size)
   train_x, train_y, names = read(data_config["train_split"])
   test_x, test_y, _ = read(data_config["test_split"])
   num_classes = len(names) or int(max(train_y.max(), test_y.max())) + 1
@@ -82,10 +181,7 @@ def load_digits(data_config: Mapping[str, Any]) -> RawData:
   digits = sk_load_digits()
   images = digits.images.astype(np.uint8)[..., None]  # values 0..16
   labels = digits.target.astype(np.int32)
-  order = np.random.default_rng(data_config["split_seed"]).permutation(len(labels))
-  n_test = len(labels) // 5
-  test, train = order[:n_test], order[n_test:]
-  return RawData(images[train], labels[train], images[test], labels[test], 16.0,
+  return RawData(*hold_out_test(images, labels, 0.2, data_config["split_seed"]), 16.0,
                  [str(i) for i in range(10)])
 
 
@@ -103,12 +199,16 @@ def load_diabetes(data_config: Mapping[str, Any]) -> RawData:
   diabetes = sk_load_diabetes()
   features = diabetes.data.astype(np.float32)[:, None, None, :]
   targets = diabetes.target.astype(np.float32)
-  order = np.random.default_rng(data_config["split_seed"]).permutation(len(targets))
-  n_test = len(targets) // 5
-  test, train = order[:n_test], order[n_test:]
-  return RawData(features[train], targets[train], features[test], targets[test], 1.0, [])
+  return RawData(*hold_out_test(features, targets, 0.2, data_config["split_seed"]), 1.0, [])
 
 
 def load_raw(data_config: Mapping[str, Any]) -> RawData:
   source: Callable[[Mapping[str, Any]], RawData] = SOURCES.get(data_config["source"])
-  return source(data_config)
+  size = tuple(data_config.get("image_size") or ())
+  if size and (len(size) != 2 or min(size) < 1):
+    raise ConfigError(f"config.data.image_size={size}: give (height, width), e.g. 224,224.")
+  raw = source(data_config)
+  if size:  # (a no-op for sources that resized as they read)
+    raw.train_images = resize_images(raw.train_images, size)
+    raw.test_images = resize_images(raw.test_images, size)
+  return raw

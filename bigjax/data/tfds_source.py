@@ -63,7 +63,7 @@ def _read_with_data_source(builder, split: str):
   return examples
 
 
-def _read_with_tensorflow(builder, split: str):
+def _read_with_tensorflow(builder, split: str, size=None, image_key: str = "image"):
   try:
     _disable_tf_gpu()
   except ImportError as e:
@@ -71,14 +71,34 @@ def _read_with_tensorflow(builder, split: str):
         f'TFDS dataset "{builder.name}" is prepared in a format that needs TensorFlow to read '
         "(tfrecord). pip install 'bigjax[tf]', or re-prepare it with "
         "download_and_prepare(file_format='array_record').") from e
+  import tensorflow as tf
   import tensorflow_datasets as tfds
-  batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  return batch
+  if not size:
+    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  def resize(example):  # images of many sizes (e.g. cats_vs_dogs) batch only once resized
+    image = tf.image.resize(example[image_key], size, antialias=True)
+    return {**example, image_key: tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)}
+  dataset = builder.as_dataset(split=split).map(resize).batch(1 << 30)
+  return next(iter(tfds.as_numpy(dataset)))
+
+
+def _stack(images: list, name: str, split: str, size) -> np.ndarray:
+  if size:
+    from bigjax.data.sources import resize_images
+    images = [resize_images(np.asarray(x)[None] if np.ndim(x) == 3 else
+                            np.asarray(x)[None, ..., None], size)[0] for x in images]
+  shapes = {np.shape(x) for x in images}
+  if len(shapes) > 1:
+    raise ConfigError(f'TFDS "{name}" split "{split}" has images of several sizes (e.g. '
+                      f"{sorted(shapes)[:2]}). Set --config.data.image_size=H,W to resize "
+                      "them, e.g. --config.data.image_size=224,224.")
+  return np.stack(images)
 
 
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
-                    image_key: str = "image", label_key: str = "label"):
-  """(images [N, H, W, C], labels int32 [N], class_names) of one TFDS split."""
+                    image_key: str = "image", label_key: str = "label", size=None):
+  """(images [N, H, W, C], labels int32 [N], class_names) of one TFDS split, each image
+  resized to size=(H, W) when given."""
   builder = _builder(name, data_dir)
   try:
     examples = _read_with_data_source(builder, split)  # also what tfds.testing.mock_data serves
@@ -100,12 +120,12 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
       builder.download_and_prepare(file_format="array_record")
       examples = _read_with_data_source(builder, split)
     else:
-      batch = _read_with_tensorflow(builder, split)
+      batch = _read_with_tensorflow(builder, split, size, image_key)
       examples = None
   if examples is not None:
     if not examples:
       raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
-    images = np.stack([np.asarray(ex[image_key]) for ex in examples])
+    images = _stack([ex[image_key] for ex in examples], name, split, size)
     labels = np.asarray([ex[label_key] for ex in examples])
   else:
     images, labels = np.asarray(batch[image_key]), np.asarray(batch[label_key])
@@ -114,3 +134,51 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
   label_feature = builder.info.features[label_key]
   class_names = list(getattr(label_feature, "names", []) or [])
   return images, labels.astype(np.int32), class_names
+
+
+class DataSourceImages:
+  """The images of a TFDS random-access data source (array_record), decoded on demand: the
+  `raw` array of lazily read splits (config.data.placement="host"), so a dataset larger
+  than memory streams from disk batch by batch."""
+
+  dtype = np.dtype(np.uint8)
+
+  def __init__(self, source, image_key: str, size=None):
+    self.source, self.image_key, self.size = source, image_key, size
+    first = self._read(0)
+    self.shape = (len(source),) + first.shape
+    self.ndim = len(self.shape)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _read(self, i: int) -> np.ndarray:
+    image = np.asarray(self.source[int(i)][self.image_key])
+    image = image[..., None] if image.ndim == 2 else image
+    if self.size and image.shape[:2] != tuple(self.size):
+      from bigjax.data.sources import resize_images
+      image = resize_images(image[None], self.size)[0]
+    return image
+
+  def __getitem__(self, rows) -> np.ndarray:
+    rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+    return np.stack([self._read(i) for i in np.ravel(rows)]).reshape(
+        *rows.shape, *self.shape[1:])
+
+
+def open_tfds_split_lazily(name: str, split: str, data_dir: str | None,
+                           image_key: str = "image", label_key: str = "label", size=None):
+  """(lazily read images, labels int32 [N], class names) of a prepared array_record split,
+  or None when it has no random-access data source. Collecting the labels reads each
+  record once; images are decoded again only when a batch needs them."""
+  builder = _builder(name, data_dir)
+  try:
+    source = builder.as_data_source(split=split)
+  except Exception:  # pylint: disable=broad-except  (not prepared, or not array_record)
+    return None
+  if len(source) == 0:
+    raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
+  labels = np.asarray([source[i][label_key] for i in range(len(source))], np.int32)
+  label_feature = builder.info.features[label_key]
+  names = list(getattr(label_feature, "names", []) or [])
+  return DataSourceImages(source, image_key, size), labels, names

@@ -1,0 +1,163 @@
+"""Training-time augmentation on the device, inside the jitted train step.
+
+`make_augmenter(config.data.augment, num_classes)` gives a pure
+`augment(batch, key) -> batch` or None when every option is off. It runs after the batch
+is gathered and before the forward pass, keyed by the step's RNG: the same (seed, step)
+gives the same augmented batch, a resumed run sees what an uninterrupted one would, and
+the host does no work. Evaluation never calls it.
+
+Order: affine (rotation, scale, translation) -> crop with padding -> flips -> cutout ->
+mixup. Pixels that an affine transform or a crop bring in from outside the image are 0
+(black for [0, 1] scaling; the mean colour for standardised inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from bigjax.registry import ConfigError
+
+DEFAULTS = dict(crop_padding=0, flip_lr=False, flip_ud=False, rotate_degrees=0.0, scale=0.0,
+                translate=0.0, cutout_size=0, mixup_alpha=0.0)
+
+
+def flip_lr(image: jax.Array) -> jax.Array:
+  return image[:, ::-1]
+
+
+def flip_ud(image: jax.Array) -> jax.Array:
+  return image[::-1]
+
+
+def affine(image: jax.Array, degrees: jax.Array, zoom: jax.Array, shift_y: jax.Array,
+           shift_x: jax.Array) -> jax.Array:
+  """[H, W, C] rotated counter-clockwise by `degrees` about its centre, zoomed by `zoom`
+  (>1 enlarges) and shifted by (shift_y, shift_x) pixels; bilinear, zeros outside."""
+  h, w = image.shape[:2]
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  theta = jnp.deg2rad(degrees)
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+  # Inverse map: each output pixel samples the input where the transform would send it from.
+  y, x = (yy - cy - shift_y) / zoom, (xx - cx - shift_x) / zoom
+  src_y = cos * y + sin * x + cy
+  src_x = -sin * y + cos * x + cx
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(
+      channel, [src_y, src_x], order=1, mode="constant", cval=0.0)
+  return jax.vmap(sample, in_axes=2, out_axes=2)(image)
+
+
+def crop_with_padding(image: jax.Array, padding: int, offset_y: jax.Array,
+                      offset_x: jax.Array) -> jax.Array:
+  """Pads [H, W, C] by `padding` zeros on each side and crops H x W at the offset
+  (0..2 * padding each; `padding` is the unshifted crop)."""
+  h, w, c = image.shape
+  padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  return jax.lax.dynamic_slice(padded, (offset_y, offset_x, 0), (h, w, c))
+
+
+def cutout(image: jax.Array, size: int, center_y: jax.Array, center_x: jax.Array) -> jax.Array:
+  """Zeroes the size x size square centred at (center_y, center_x), clipped to the image."""
+  h, w = image.shape[:2]
+  ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  top, left = center_y - size // 2, center_x - size // 2
+  inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+  return jnp.where(inside[..., None], 0.0, image).astype(image.dtype)
+
+
+def mixup(images: jax.Array, soft_labels: jax.Array, weight: jax.Array,
+          partner: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """weight * x + (1 - weight) * x[partner], and the same for the (soft) labels."""
+  mixed = weight * images + (1.0 - weight) * images[partner]
+  return mixed.astype(images.dtype), weight * soft_labels + (1.0 - weight) * soft_labels[partner]
+
+
+def check(options: Mapping[str, Any]) -> dict:
+  """The options with defaults filled in; unknown names and bad values are errors."""
+  unknown = sorted(set(options) - set(DEFAULTS))
+  if unknown:
+    raise ConfigError(f"Unknown config.data.augment option(s) {unknown}; known: "
+                      f"{sorted(DEFAULTS)}.")
+  opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+  for name in ("crop_padding", "cutout_size"):
+    if int(opts[name]) < 0:
+      raise ConfigError(f"config.data.augment.{name} must be >= 0; got {opts[name]}.")
+  for name in ("rotate_degrees", "translate", "mixup_alpha"):
+    if float(opts[name]) < 0:
+      raise ConfigError(f"config.data.augment.{name} must be >= 0; got {opts[name]}.")
+  if not 0.0 <= float(opts["scale"]) < 1.0:
+    raise ConfigError(f"config.data.augment.scale must be in [0, 1) (zoom in [1 - s, 1 + s]); "
+                      f"got {opts['scale']}.")
+  return opts
+
+
+def is_active(options: Mapping[str, Any] | None) -> bool:
+  return bool(options) and any(bool(v) for v in check(options).values())
+
+
+def make_augmenter(options: Mapping[str, Any] | None,
+                   num_classes: int | None) -> Callable[[dict, jax.Array], dict] | None:
+  """A pure `augment(batch, key) -> batch` for `config.data.augment`, or None if all off.
+  `num_classes` is needed for mixup (labels become soft [B, C])."""
+  if not is_active(options):
+    return None
+  opts = check(options)
+  if opts["mixup_alpha"] and not num_classes:
+    raise ConfigError("config.data.augment.mixup_alpha needs class labels; this run has "
+                      "regression targets or no class outputs. Set it to 0.")
+  pad, cut = int(opts["crop_padding"]), int(opts["cutout_size"])
+  degrees, zoom, shift = (float(opts["rotate_degrees"]), float(opts["scale"]),
+                          float(opts["translate"]))
+
+  def one(image, key):
+    k_affine, k_crop, k_lr, k_ud, k_cut = jax.random.split(key, 5)
+    if degrees or zoom or shift:
+      h, w = image.shape[:2]
+      ka, kz, ks = jax.random.split(k_affine, 3)
+      angle = jax.random.uniform(ka, (), minval=-degrees, maxval=degrees)
+      factor = jax.random.uniform(kz, (), minval=1.0 - zoom, maxval=1.0 + zoom)
+      dy, dx = jax.random.uniform(ks, (2,), minval=-shift, maxval=shift) * jnp.array([h, w])
+      image = affine(image, angle, factor, dy, dx).astype(image.dtype)
+    if pad:
+      oy, ox = jax.random.randint(k_crop, (2,), 0, 2 * pad + 1)
+      image = crop_with_padding(image, pad, oy, ox)
+    if opts["flip_lr"]:
+      image = jnp.where(jax.random.bernoulli(k_lr), flip_lr(image), image)
+    if opts["flip_ud"]:
+      image = jnp.where(jax.random.bernoulli(k_ud), flip_ud(image), image)
+    if cut:
+      cy, cx = (jax.random.randint(k, (), 0, n) for k, n in
+                zip(jax.random.split(k_cut), image.shape[:2]))
+      image = cutout(image, cut, cy, cx)
+    return image
+
+  def augment(batch: dict, key: jax.Array) -> dict:
+    k_images, k_mix = jax.random.split(key)
+    images = batch["image"]
+    images = jax.vmap(one)(images, jax.random.split(k_images, images.shape[0]))
+    out = dict(batch, image=images)
+    if opts["mixup_alpha"]:
+      k_weight, k_partner = jax.random.split(k_mix)
+      alpha = float(opts["mixup_alpha"])
+      weight = jax.random.beta(k_weight, alpha, alpha)
+      labels = batch["label"]
+      soft = (labels.astype(jnp.float32) if labels.ndim == 2
+              else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32))
+      partner = jax.random.permutation(k_partner, images.shape[0])
+      out["image"], out["label"] = mixup(images, soft, weight, partner)
+    return out
+
+  return augment
+
+
+def describe(options: Mapping[str, Any] | None) -> str:
+  """'crop_padding=4 flip_lr=True' for the options that are on, or 'none'."""
+  if not is_active(options):
+    return "none"
+  return " ".join(f"{k}={v}" for k, v in check(options).items() if v)
+
+
