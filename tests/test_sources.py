@@ -223,3 +223,21 @@ def test_cats_vs_dogs_config_trains_on_a_folder_of_photos_of_mixed_sizes(tmp_pat
   assert np.isfinite(results["test_loss"])
   setup = train.Setup(config)
   assert setup.example_input.shape == (1, 224, 224, 3) and setup.placement == "host"
+
+
+def test_a_tfds_split_string_that_selects_nothing(monkeypatch):
+  # (tfds.testing.mock_data ignores split slices, so a builder stands in whose data source
+  # for "train[:0]" is empty, as TFDS's is.)
+  from bigjax.data import tfds_source
+
+  class EmptyBuilder:
+    name = "fashion_mnist"
+    def as_data_source(self, split):
+      return []
+  monkeypatch.setattr(tfds_source, "_builder", lambda name, data_dir: EmptyBuilder())
+  for placement in ("device", "host"):
+    config = _data_config(source="tfds", name="fashion_mnist", train_split="train[:0]",
+                          placement=placement)
+    with pytest.raises(ConfigError, match=r'split "train\[:0\]" of "fashion_mnist" selects '
+                                          "no examples"):
+      sources.load_raw(config)
