@@ -31,6 +31,9 @@ def _quiet_logs() -> None:
 def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   _quiet_logs()
   config = flag_values.config
+  if config is not None:  # before anything touches the devices
+    from bigjax import parallel
+    parallel.maybe_initialize_distributed(config.get("parallel") or {})
   config_path = flag_values["config"].config_filename if config is not None else None
   workdir = flag_values.workdir
   if workdir is None:

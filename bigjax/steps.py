@@ -45,8 +45,24 @@ def count_params(params: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def _apply(model: nn.Module, params, model_state, x, *, train: bool, rng=None):
-  """Logits and the updated non-param collections (unchanged when there are none)."""
+def cast_floats(tree: Any, dtype) -> Any:
+  """Every floating-point leaf as `dtype` (integer leaves untouched)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _apply(model: nn.Module, params, model_state, x, *, train: bool, rng=None,
+           compute_dtype=None):
+  """Logits and the updated non-param collections (unchanged when there are none).
+
+  With `compute_dtype` (mixed precision), params and inputs are cast to it for the forward
+  pass (gradients flow back to the stored params in their own dtype) and the outputs come
+  back in float32, so losses and softmax stay in float32.
+  """
+  if compute_dtype is not None:
+    params, x = cast_floats(params, compute_dtype), x.astype(compute_dtype)
+    logits, new_state = _apply(model, params, model_state, x, train=train, rng=rng)
+    return logits.astype(jnp.float32), new_state
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng} if rng is not None else None
   if train and model_state:
@@ -86,13 +102,17 @@ def has_class_outputs(outputs, labels: jax.Array) -> bool:
 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    grad_accum_steps: int = 1, update_model_state: bool = True) -> Callable:
+                    grad_accum_steps: int = 1, update_model_state: bool = True,
+                    compute_dtype=None, axis_name: str | None = None) -> Callable:
   """A pure `train_step(state, batch) -> (state, metrics)`; jit it at the call site.
 
   With `grad_accum_steps` = k > 1 the batch is split into k micro-batches whose gradients
   are summed in a scan and divided once by the total weight: the same update as one
   k-times-larger batch, at the activation memory of one micro-batch. With
   `update_model_state=False`, collections such as BatchNorm statistics stay as they are.
+  Under `jax.pmap(..., axis_name)` pass the axis name: gradient and metric sums are added
+  over devices before the one division, so the update equals the global batch's; model
+  state (BatchNorm statistics of each device's share) is averaged over devices.
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1; got {grad_accum_steps}.")
@@ -102,7 +122,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     """Gradients of the *summed* weighted loss, and sums for the metrics."""
     def loss_sum_of(params):
       logits, new_model_state = _apply(model, params, model_state, batch["image"],
-                                       train=True, rng=rng)
+                                       train=True, rng=rng, compute_dtype=compute_dtype)
       per_example = loss_fn(logits, batch)
       _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
       weights = example_weights(batch)
@@ -118,6 +138,8 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:  # each device's share gets its own dropout masks
+      step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     out_shape = jax.eval_shape(
         lambda: _apply(model, state.params, state.model_state, batch["image"][:1],
                        train=False)[0])
@@ -145,6 +167,9 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
                state.model_state)
       (grads, sums, new_model_state), _ = jax.lax.scan(
           body, zeros, (jnp.arange(grad_accum_steps), micro))
+    if axis_name is not None:
+      grads, sums = jax.lax.psum((grads, sums), axis_name)
+      new_model_state = jax.lax.pmean(new_model_state, axis_name)
     loss_sum, weight_sum, correct = sums
     denominator = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)
@@ -163,13 +188,14 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
 
 def make_eval_step(model: nn.Module, loss_fn: LossFn,
-                   metric_names: Sequence[str] = ("loss", "accuracy")) -> Callable:
+                   metric_names: Sequence[str] = ("loss", "accuracy"),
+                   compute_dtype=None) -> Callable:
   """A pure `eval_step(state, batch) -> {sum name: weighted batch sum}` for the named
   metrics (bigjax.metrics); `metrics.finalize` or `metrics.compute` turns sums into values."""
   sum_fns = metrics_lib.sum_functions(metric_names)
 
   def eval_step(state: TrainState, batch: dict) -> dict:
-    logits = predict_logits(model, state, batch["image"])
+    logits = predict_logits(model, state, batch["image"], compute_dtype)
     per_example = loss_fn(logits, batch)
     _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
     return metrics_lib.compute_sums(sum_fns, logits, batch["label"], example_weights(batch),
@@ -178,9 +204,11 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn,
   return eval_step
 
 
-def predict_logits(model: nn.Module, state: TrainState, images: jax.Array) -> jax.Array:
+def predict_logits(model: nn.Module, state: TrainState, images: jax.Array,
+                   compute_dtype=None) -> jax.Array:
   """The model's outputs in eval mode (no dropout, BatchNorm statistics fixed)."""
-  logits, _ = _apply(model, state.params, state.model_state, images, train=False)
+  logits, _ = _apply(model, state.params, state.model_state, images, train=False,
+                     compute_dtype=compute_dtype)
   return logits
 
 

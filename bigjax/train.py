@@ -19,7 +19,8 @@ import numpy as np
 
 import bigjax
 from bigjax import (artifacts, checkpoint, data as data_lib, finetune, lora,
-                    metrics as metrics_lib, tensorboard, termination, validate)
+                    metrics as metrics_lib, parallel, precision, tensorboard, termination,
+                    validate)
 from bigjax.data import augment as augment_lib, feed
 from bigjax.losses import build_loss
 from bigjax.models import build_model, init_variables
@@ -27,16 +28,20 @@ from bigjax.optimizers import build_optimizer
 from bigjax.preemption import Interrupted, SaveOnSignal  # noqa: F401 (Interrupted: for callers)
 from bigjax.registry import ConfigError, did_you_mean
 from bigjax.reporting import MetricsLog, Progress, write_json
-from bigjax.steps import (TrainState, count_params, create_train_state, gather_batch,
+from bigjax.steps import (TrainState, cast_floats, count_params, create_train_state,
+                          gather_batch,
                           has_class_outputs, make_eval_step, make_train_step, predict_logits,
                           scan_steps)
 
 logging = py_logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without
-# config.checkpoint.allow_config_change (they change how long or how verbosely it runs).
+# config.checkpoint.allow_config_change (they change how long or how verbosely it runs, or
+# where it runs: a checkpoint saved on 8 devices resumes on 1).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_steps",
-                     "data.placement",
+                     "data.placement", "parallel.mode", "parallel.num_devices",
+                     "parallel.mesh.data", "parallel.mesh.fsdp", "parallel.fsdp_min_size",
+                     "parallel.fsdp_regex", "parallel.distributed",
                      "train.steps_per_call", "train.stop_when", "train.early_stopping.metric",
                      "train.early_stopping.mode", "train.early_stopping.patience",
                      "train.early_stopping.min_delta", "eval.batch_size", "eval.metrics",
@@ -46,6 +51,7 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_ste
 PLOT_INTERVAL_SECONDS = 60.0
 # Augmentation keys are fold_in(fold_in(rng, AUGMENT_STREAM), step): apart from dropout's.
 AUGMENT_STREAM = 0x617567
+PMAP_AXIS = "devices"
 # The metrics a log line shows, when computed.
 _HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2")
 
@@ -66,11 +72,27 @@ class Setup:
       raise ConfigError(f'config.data.placement="{self.placement}": use "device" (whole '
                         'splits in device memory, the fastest) or "host" (batches read on '
                         "the host and prefetched, for data larger than device memory).")
+    # ------------------------------------------------------------- devices
+    parallel_config = config.get("parallel") or {}
+    self.mode = parallel.check_mode(parallel_config.get("mode", "jit"))
+    self.mesh = parallel.build_mesh(parallel_config)
+    parallel.check_batch_size(config.train.batch_size, self.mesh)
+    if self.mode == "pmap" and self.placement == "host":
+      raise ConfigError('config.parallel.mode="pmap" reads batches from device-resident '
+                        'splits; use config.data.placement="device" or mode="jit".')
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    self.compute_dtype, self.param_dtype = precision.resolve(config.get("precision"))
+    logging.info("devices:\n%s\n  dtypes  %s", parallel.topology(
+        self.mesh, self.mode, config.train.batch_size),
+        precision.describe(self.compute_dtype, self.param_dtype))
     self.data = data_lib.load(config.data)
     validate.check_data(config, self.data)
-    # Device placement: each split lives in device memory and batches are gathered there.
-    # Host placement: splits stay on the host (lazily read) and batches are copied over.
-    self.splits = {name: ((jax.device_put(s.images), jax.device_put(s.labels))
+    # Device placement: each split lives in device memory (a copy on each device) and
+    # batches are gathered there. Host placement: splits stay on the host (lazily read) and
+    # each batch is copied over, split across the devices.
+    everywhere = parallel.replicated(self.mesh)
+    self.splits = {name: ((jax.device_put(s.images, everywhere),
+                           jax.device_put(s.labels, everywhere))
                           if self.placement == "device" else (s.images, s.labels))
                    for name, s in self.data.splits().items()}
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
@@ -105,7 +127,12 @@ class Setup:
     self.tx = finetune.wrap_optimizer(
         build_optimizer(config.optimizer, config.loss, self.total_steps), variables["params"],
         finetune_config)
-    self.initial_state = create_train_state(variables, self.tx, self.train_rng)
+    variables["params"] = cast_floats(variables["params"], self.param_dtype)
+    state = create_train_state(variables, self.tx, self.train_rng)
+    self.state_shardings = parallel.state_shardings(state, self.mesh, parallel_config)
+    self.initial_state = jax.device_put(state, self.state_shardings)
+    if self.mesh.shape["fsdp"] > 1:
+      logging.info("fsdp: %s", parallel.describe_shardings(self.state_shardings))
     self.num_params = count_params(self.initial_state.params)
     trainable, frozen = finetune.count_trainable(variables["params"], freeze)
     self.num_trainable = trainable
@@ -121,16 +148,26 @@ class Setup:
                    augment_lib.describe(config.data.augment))
     # ------------------------------------------------------ jitted steps
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
-    train_step = make_train_step(self.model, self.loss_fn, self.tx,
-                                 config.train.grad_accum_steps,
-                                 update_model_state=not config.finetune.freeze_batch_stats)
-    eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names)
+    step_options = dict(grad_accum_steps=config.train.grad_accum_steps,
+                        update_model_state=not config.finetune.freeze_batch_stats,
+                        compute_dtype=self.compute_dtype)
+    train_step = make_train_step(self.model, self.loss_fn, self.tx, **step_options)
+    eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names,
+                               compute_dtype=self.compute_dtype)
+    on_mesh = lambda batch: jax.lax.with_sharding_constraint(batch, self.batch_sharding)
+
+    def augmented(state, batch, axis_name=None):
+      if self.augment is None:
+        return batch
+      # Keyed by (seed, step): reproducible, and a resumed run sees the same batches.
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT_STREAM), state.step)
+      if axis_name is not None:  # pmap: each device's share gets its own draws
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+      return self.augment(batch, key)
 
     def train_on_batch(state, batch):
-      if self.augment is not None:  # keyed by (seed, step): reproducible, and resumable
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT_STREAM), state.step)
-        batch = self.augment(batch, key)
-      return train_step(state, batch)
+      state, step_metrics = train_step(state, augmented(state, on_mesh(batch)))
+      return jax.lax.with_sharding_constraint(state, self.state_shardings), step_metrics
 
     # The loop's step gathers its batch from the device-resident split, so the host only
     # sends B indices per step. State is donated: its buffers are reused in place.
@@ -138,10 +175,11 @@ class Setup:
       return train_on_batch(state, gather_batch(images, labels, indices))
 
     def eval_on_indices(state, images, labels, indices, mask):
-      return eval_step(state, gather_batch(images, labels, indices, mask))
+      return eval_step(state, on_mesh(gather_batch(images, labels, indices, mask)))
 
     def outputs_of(state, images):
-      return predict_logits(self.model, state, images).astype(jnp.float32)
+      return predict_logits(self.model, state, on_mesh(images),
+                            self.compute_dtype).astype(jnp.float32)
 
     def outputs_on_indices(state, images, indices):
       return outputs_of(state, jnp.take(images, indices, axis=0))
@@ -157,10 +195,53 @@ class Setup:
     self.outputs_on_indices = jax.jit(outputs_on_indices)
     # The host path's steps take batches that are already on the device.
     self.train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
-    self.eval_on_batch = jax.jit(eval_step)
+    self.eval_on_batch = jax.jit(lambda state, batch: eval_step(state, on_mesh(batch)))
     self.outputs_on_batch = jax.jit(outputs_of)
+    if self.mode == "pmap":
+      # The same pure step per device on its share of the batch, sums added over devices.
+      pmap_step = make_train_step(self.model, self.loss_fn, self.tx, axis_name=PMAP_AXIS,
+                                  **step_options)
+
+      def pmap_on_indices(state, images, labels, indices):
+        batch = gather_batch(images, labels, indices)
+        return pmap_step(state, augmented(state, batch, PMAP_AXIS))
+
+      self.devices = list(self.mesh.devices.flat)
+      self.train_pmapped = jax.pmap(pmap_on_indices, axis_name=PMAP_AXIS,
+                                    devices=self.devices, donate_argnums=0)
+      self.steps_per_call = 1
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
-    self.eval_batch_size = min(config.eval.batch_size, largest)
+    n = self.mesh.size  # eval batches split over the devices too (padding is masked)
+    self.eval_batch_size = -(-min(config.eval.batch_size, largest) // n) * n
+
+  def local_share(self, index_batches):
+    """Each row of [num_batches, B] cut to this host process's share (host placement)."""
+    return [feed.host_shard(row, jax.process_index(), jax.process_count())
+            for row in index_batches]
+
+  def host_feed(self, host_batches) -> feed.Prefetch:
+    """Host batches (this process's shares), prefetched as global batches on the mesh."""
+    return feed.Prefetch(host_batches,
+                         put=lambda b: parallel.put_global_batch(b, self.batch_sharding))
+
+  def to_run_state(self, state: TrainState) -> TrainState:
+    """The state as the loop steps it: laid out on the mesh, or one copy per device (pmap)."""
+    state = jax.device_put(state, self.state_shardings)
+    return (parallel.replicate_per_device(state, self.devices) if self.mode == "pmap"
+            else state)
+
+  def to_logical(self, state: TrainState) -> TrainState:
+    """The loop's state as one train state on the mesh (what is saved and evaluated)."""
+    if self.mode != "pmap":
+      return state
+    return jax.device_put(jax.tree.map(lambda x: x[0], state), self.state_shardings)
+
+  def pmap_train_inputs(self):
+    """The train split's (images, labels) with one copy per device, for the pmap step."""
+    if not hasattr(self, "_pmap_inputs"):
+      images, labels = self.data.train.images, self.data.train.labels
+      self._pmap_inputs = parallel.replicate_per_device((images, labels), self.devices)
+    return self._pmap_inputs
 
   def check_split(self, split: str, config_key: str) -> None:
     if split not in self.splits:
@@ -172,8 +253,8 @@ class Setup:
     images, labels = self.splits[split]
     indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
     if self.placement == "host":
-      batches = feed.Prefetch(dict(image=images[i], label=labels[i], mask=m)
-                              for i, m in zip(indices, mask))
+      batches = self.host_feed(dict(image=images[i], label=labels[i], mask=m)
+                               for i, m in zip(self.local_share(indices), self.local_share(mask)))
       batch_sums = [self.eval_on_batch(state, batch) for batch in batches]
     else:
       batch_sums = [self.eval_on_indices(state, images, labels, batch_indices, batch_mask)
@@ -199,7 +280,7 @@ class Setup:
       out = [self.outputs_on_indices(state, images, batch) for batch in indices]
     else:
       out = [self.outputs_on_batch(state, batch)
-             for batch in feed.Prefetch(images[i] for i in indices)]
+             for batch in self.host_feed(images[i] for i in self.local_share(indices))]
     return np.concatenate(jax.device_get(out))[:len(images)]
 
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
@@ -332,6 +413,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = setup.initial_state
   state, meta, resumed_from = _initial_state(config, workdir, manager, setup)
   step = int(state.step)
+  pmap = setup.mode == "pmap"
+  state = setup.to_run_state(state)  # (placed on the mesh; pmap: one copy per device)
   early_state = meta.get("early_stopping")
   best = meta.get("best")  # {"metric", "value", "step"} of the best checkpoint so far
   stopped = meta.get("stopped")
@@ -340,7 +423,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = step
 
   # ------------------------------------------------------------ compile
-  train_images, train_labels = setup.splits["train"]
+  train_images, train_labels = (setup.pmap_train_inputs() if pmap
+                                 else setup.splits["train"])
   host = setup.placement == "host"
   k = setup.steps_per_call
   compiled: dict = {}
@@ -356,7 +440,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal compile_seconds
     if steps not in compiled:
       t_compile = time.perf_counter()
-      if host:  # a batch already on the device
+      if pmap:  # indices [devices, batch / devices]
+        shape = (len(setup.devices), batch_size // len(setup.devices))
+        compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,
+                                                    np.zeros(shape, np.int32)).compile()
+      elif host:  # a batch already on the device
         batch_spec = {"image": jax.ShapeDtypeStruct((batch_size, *train_images.shape[1:]),
                                                     np.float32),
                       "label": jax.ShapeDtypeStruct((batch_size, *train_labels.shape[1:]),
@@ -411,15 +499,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  row["learning_rate"], progress.line(last_step))
 
   def save_latest(epoch: int, stopped: str | None = None) -> None:
-    checkpoint.save(manager, step, state, {
+    checkpoint.save(manager, step, setup.to_logical(state), {
         "epoch": epoch, "metrics": {s: metrics_lib.scalars(latest[s]) for s in latest},
         "early_stopping": early_state, "best": best, "stopped": stopped})
 
   def end_of_epoch(epoch: int) -> str | None:
     """Evaluates, decides whether to stop, checkpoints; returns why to stop, or None."""
     nonlocal early_state, best
+    logical = setup.to_logical(state)
     for split in epoch_splits:
-      values = setup.evaluate(state, split)
+      values = setup.evaluate(logical, split)
       latest[split], evaluated_at[split] = values, step
       scalars = metrics_lib.scalars(values)
       log.write({"split": split, "step": step, "epoch": epoch + 1, **scalars})
@@ -453,7 +542,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # The best first: a kill between the two saves re-runs this epoch, not loses it.
         # (Re-run after a resume, the step may already be there: the same state, bit for bit.)
         if step not in best_manager.all_steps():
-          checkpoint.save(best_manager, step, state, {"epoch": epoch + 1, "best": best})
+          checkpoint.save(best_manager, step, logical, {"epoch": epoch + 1, "best": best})
     save_latest(epoch + 1, stopped=reason)
     if writer:
       artifacts.write_metrics_csv(workdir)
@@ -474,9 +563,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       order = data_lib.epoch_permutation(config.seed, epoch, n_train)
       i = step % steps_per_epoch
       epoch_end = min(steps_per_epoch, i + total_steps - step)  # num_steps may end mid-epoch
-      batches = (feed.Prefetch(feed.host_batches(train_images, train_labels, order,
-                                                 batch_size, i, epoch_end))
-                 if host else None)
+      batches = (setup.host_feed(feed.host_batches(
+          train_images, train_labels, order, batch_size, i, epoch_end, jax.process_index(),
+          jax.process_count())) if host else None)
       while i < epoch_end:
         # k steps per call, but never across an epoch end or a logging step, so outputs
         # and checkpoints are the same whatever steps_per_call is.
@@ -486,6 +575,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if host:
           n = 1
           state, step_metrics = compiled_step(1)(state, next(batches))
+        elif pmap:
+          n = 1
+          state, step_metrics = compiled_step(1)(
+              state, train_images, train_labels,
+              indices[:batch_size].reshape(len(setup.devices), -1))
         elif n == k > 1:
           state, step_metrics = compiled_step(k)(state, train_images, train_labels,
                                                  indices.reshape(k, batch_size))
@@ -533,6 +627,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batches.close()
 
   # -------------------------------------------------------------- final
+  state = setup.to_logical(state)
   manager.wait_until_finished()
   if best_manager is not None:
     best_manager.wait_until_finished()

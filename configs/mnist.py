@@ -181,6 +181,22 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       targets="kernel",       # regex of dense/conv kernel paths that get adapters
       train_base="",          # regex of base params that train anyway (e.g. "head/")
   )
+  config.parallel = dict(
+      mode="jit",             # jit: one program over a device mesh (named shardings); pmap
+      num_devices=-1,         # -1: every device JAX sees; N: the first N
+      # Mesh axis sizes (their product is the device count; -1 = what is left). The batch
+      # is split over both; params and optimizer state are replicated over "data" and,
+      # when fsdp > 1, the large ones split over "fsdp" (ZeRO-3/FSDP style).
+      mesh=dict(data=-1, fsdp=1),
+      fsdp_min_size=2 ** 18,  # arrays with at least this many elements are split ...
+      fsdp_regex="",          # ... and those whose path matches (e.g. "kernel")
+      distributed="auto",     # multi-host runtime: auto (when the environment names several
+                              # processes: TPU pod slice, SLURM, JAX_COORDINATOR_ADDRESS), on, off
+  )
+  config.precision = dict(
+      compute_dtype="auto",   # auto: bfloat16 on TPU, float32 elsewhere | float32 bfloat16 float16
+      param_dtype="float32",  # stored params (and so gradients and optimizer state)
+  )
   config.report = dict(
       plots=True,        # learning curves (each epoch), confusion matrix, prediction grids
       html=True,         # report.html and report.md at the end

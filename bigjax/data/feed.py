@@ -40,7 +40,8 @@ class Prefetch:
 
   _DONE = object()
 
-  def __init__(self, batches: Iterator[dict], depth: int = 2):
+  def __init__(self, batches: Iterator[dict], depth: int = 2, put=jax.device_put):
+    self._put = put  # host batch -> device batch (e.g. split over a mesh)
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
@@ -49,7 +50,7 @@ class Prefetch:
   def _fill(self, batches: Iterator[dict]) -> None:
     try:
       for batch in batches:
-        item = jax.device_put(batch)
+        item = self._put(batch)
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)

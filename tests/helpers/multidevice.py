@@ -1,0 +1,90 @@
+"""Run by tests/test_parallel.py in a fresh process with 8 fake CPU devices (the flag must
+be set before JAX starts). Prints one JSON line of findings."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bigjax import checkpoint, train  # noqa: E402
+from configs import digits  # noqa: E402
+
+
+def config(**parallel):
+  c = digits.get_config()
+  with c.unlocked():
+    c.train.num_steps = 20
+    c.train.steps_per_call = 1
+    c.report.plots = c.report.html = c.report.tensorboard = False
+    c.eval.every_epoch = ""
+    precision = parallel.pop("precision", None)
+    if precision:
+      c.precision.compute_dtype = precision
+    mesh = parallel.pop("mesh", None)
+    if mesh:
+      c.parallel.mesh = mesh
+    c.parallel.update(parallel)
+  return c
+
+
+def params_of(workdir):
+  manager = checkpoint.make_manager(workdir, create=False)
+  step = manager.latest_step()
+  restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardRestore()))
+  manager.close()
+  return step, restored["state"]["params"]
+
+
+def max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def main(root):
+  out = {"devices": jax.device_count()}
+  runs = {"one": config(num_devices=1), "jit8": config(), "pmap8": config(mode="pmap"),
+          "fsdp": config(mesh=dict(data=2, fsdp=4), fsdp_min_size=1000)}
+  params = {}
+  for name, c in runs.items():
+    results = train.run(c, os.path.join(root, name))
+    out[f"{name}_test_loss"] = results["test_loss"]
+    out[f"{name}_steps"], params[name] = params_of(os.path.join(root, name))
+  for name in ("jit8", "pmap8", "fsdp"):
+    out[f"{name}_vs_one"] = max_diff(params["one"], params[name])
+  out["first_kernel_change"] = max_diff(params["one"], train.Setup(runs["one"]).initial_state.params)
+
+  setup = train.Setup(runs["fsdp"])
+  specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec) for p, leaf in
+           jax.tree_util.tree_leaves_with_path(setup.initial_state.params)}
+  out["fsdp_specs"] = specs
+  out["jit8_batch_devices"] = len(train.Setup(runs["jit8"]).batch_sharding.device_set)
+
+  # A checkpoint saved on 8 devices resumes on 1, and one saved on 1 resumes on 8.
+  for first, then, name in ((config(), config(num_devices=1), "8to1"),
+                            (config(num_devices=1), config(), "1to8")):
+    workdir = os.path.join(root, name)
+    train.run(first, workdir)
+    with then.unlocked():
+      then.train.num_steps = 40
+    resumed = train.run(then, workdir)
+    out[f"resume_{name}"] = [resumed["resumed_from_step"], resumed["steps"]]
+
+  bf16 = train.run(config(precision="bfloat16"), os.path.join(root, "bf16"))
+  _, bf16_params = params_of(os.path.join(root, "bf16"))
+  out["bf16_param_dtypes"] = sorted({str(x.dtype) for x in jax.tree.leaves(bf16_params)})
+  out["bf16_test_loss"] = bf16["test_loss"]
+  out["bf16_vs_one"] = max_diff(params["one"], bf16_params)
+  print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+  # (Read when JAX first touches the devices, which is after this.)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8")
+  main(sys.argv[1])
