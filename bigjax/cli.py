@@ -34,6 +34,9 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   if config is not None:  # before anything touches the devices
     from bigjax import parallel
     parallel.maybe_initialize_distributed(config.get("parallel") or {})
+    import jax
+    if jax.process_index() != 0:  # one log for the whole job: process 0's
+      py_logging.getLogger("bigjax").setLevel(py_logging.WARNING)
   config_path = flag_values["config"].config_filename if config is not None else None
   workdir = flag_values.workdir
   if workdir is None:

@@ -59,6 +59,22 @@ def check_mode(mode: str) -> str:
   return mode
 
 
+def check_platform(platform: str) -> None:
+  """config.parallel.platform ("" = whatever JAX found) must be what JAX is running on."""
+  if not platform:
+    return
+  if platform not in ("cpu", "gpu", "tpu"):
+    raise ConfigError(f'config.parallel.platform="{platform}": use "", cpu, gpu or tpu.')
+  found = jax.default_backend()
+  if found != platform:
+    raise ConfigError(
+        f"config.parallel.platform={platform!r}, but JAX is running on {found.upper()} "
+        f"({jax.device_count()} device(s)): JAX found no {platform.upper()}, or its plugin is "
+        f"not installed (pip install 'jax[{'cuda12' if platform == 'gpu' else platform}]'). "
+        "On Colab, Runtime > Change runtime type. Or set --config.parallel.platform=\"\" to "
+        "run on what is there.")
+
+
 def select_devices(num_devices: int) -> list:
   devices = jax.devices()
   if num_devices in (-1, 0, None):
@@ -76,6 +92,7 @@ def select_devices(num_devices: int) -> list:
 
 def build_mesh(parallel_config: Mapping[str, Any]) -> Mesh:
   """The ("data", "fsdp") mesh over the selected devices; a -1 axis takes what is left."""
+  check_platform(parallel_config.get("platform", ""))
   devices = select_devices(parallel_config.get("num_devices", -1))
   n = len(devices)
   shape = dict(parallel_config.get("mesh") or {"data": -1, "fsdp": 1})

@@ -183,6 +183,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
   )
   config.parallel = dict(
       mode="jit",             # jit: one program over a device mesh (named shardings); pmap
+      platform="",            # "": whatever JAX found; cpu | gpu | tpu: fail unless it is that
       num_devices=-1,         # -1: every device JAX sees; N: the first N
       # Mesh axis sizes (their product is the device count; -1 = what is left). The batch
       # is split over both; params and optimizer state are replicated over "data" and,

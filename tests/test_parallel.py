@@ -75,6 +75,11 @@ def test_mesh_and_batch_errors_name_the_numbers():
     parallel.check_batch_size(30, fake)
   with pytest.raises(ConfigError, match='mode="shard"'):
     parallel.check_mode("shard")
+  other = "tpu" if jax.default_backend() != "tpu" else "gpu"
+  with pytest.raises(ConfigError, match=f"platform='{other}', but JAX is running on "
+                                        f"{jax.default_backend().upper()}"):
+    parallel.build_mesh(dict(platform=other))
+  parallel.build_mesh(dict(platform=jax.default_backend()))
 
 
 def test_fsdp_leaf_rule():
