@@ -81,6 +81,9 @@ class Setup:
       raise ConfigError('config.parallel.mode="pmap" reads batches from device-resident '
                         'splits; use config.data.placement="device" or mode="jit".')
     self.batch_sharding = parallel.batch_sharding(self.mesh)
+    # XLA:CPU with several devices can deadlock in a collective when many steps are in
+    # flight at once (seen with 8 devices on 2 cores), so there each step is waited for.
+    self.sync_each_step = self.mesh.size > 1 and jax.default_backend() == "cpu"
     self.compute_dtype, self.param_dtype = precision.resolve(config.get("precision"))
     logging.info("devices:\n%s\n  dtypes  %s", parallel.topology(
         self.mesh, self.mode, config.train.batch_size),
@@ -214,6 +217,9 @@ class Setup:
     n = self.mesh.size  # eval batches split over the devices too (padding is masked)
     self.eval_batch_size = -(-min(config.eval.batch_size, largest) // n) * n
 
+  def _synced(self, result):
+    return jax.block_until_ready(result) if self.sync_each_step else result
+
   def local_share(self, index_batches):
     """Each row of [num_batches, B] cut to this host process's share (host placement)."""
     return [feed.host_shard(row, jax.process_index(), jax.process_count())
@@ -255,9 +261,10 @@ class Setup:
     if self.placement == "host":
       batches = self.host_feed(dict(image=images[i], label=labels[i], mask=m)
                                for i, m in zip(self.local_share(indices), self.local_share(mask)))
-      batch_sums = [self.eval_on_batch(state, batch) for batch in batches]
+      batch_sums = [self._synced(self.eval_on_batch(state, batch)) for batch in batches]
     else:
-      batch_sums = [self.eval_on_indices(state, images, labels, batch_indices, batch_mask)
+      batch_sums = [self._synced(self.eval_on_indices(state, images, labels, batch_indices,
+                                                      batch_mask))
                     for batch_indices, batch_mask in zip(indices, mask)]
     # Per-batch sums stay on the device until here: one transfer, then float64 totals.
     return metrics_lib.compute(self.metric_names, metrics_lib.total(jax.device_get(batch_sums)))
@@ -277,9 +284,9 @@ class Setup:
     device, or host arrays/lazy images read batch by batch)."""
     indices, _ = data_lib.padded_batches(len(images), self.eval_batch_size)
     if isinstance(images, jax.Array):
-      out = [self.outputs_on_indices(state, images, batch) for batch in indices]
+      out = [self._synced(self.outputs_on_indices(state, images, batch)) for batch in indices]
     else:
-      out = [self.outputs_on_batch(state, batch)
+      out = [self._synced(self.outputs_on_batch(state, batch))
              for batch in self.host_feed(images[i] for i in self.local_share(indices))]
     return np.concatenate(jax.device_get(out))[:len(images)]
 
@@ -590,6 +597,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += n
         i += n
         pending.append((step, step_metrics))
+        if setup.sync_each_step:
+          jax.block_until_ready(step_metrics)
         if not progress.started:
           jax.block_until_ready(state.step)  # the first call's time is not steady-state
           progress.start(step)
