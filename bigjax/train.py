@@ -46,14 +46,15 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_ste
                      "train.early_stopping.mode", "train.early_stopping.patience",
                      "train.early_stopping.min_delta", "eval.batch_size", "eval.metrics",
                      "eval.every_epoch", "eval.at_end", "checkpoint.allow_config_change",
-                     "checkpoint.max_to_keep", "report.plots", "report.html",
+                     "checkpoint.max_to_keep", "checkpoint.min_interval_seconds",
+                     "report.plots", "report.html",
                      "report.tensorboard")
 PLOT_INTERVAL_SECONDS = 60.0
 # Augmentation keys are fold_in(fold_in(rng, AUGMENT_STREAM), step): apart from dropout's.
 AUGMENT_STREAM = 0x617567
 PMAP_AXIS = "devices"
 # The metrics a log line shows, when computed.
-_HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2")
+_HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2", "perplexity", "bits_per_byte")
 
 
 def _is_writer() -> bool:
@@ -101,6 +102,7 @@ class Setup:
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
                  + f" examples of shape {self.data.train.images.shape[1:]}, "
                  + ("regression targets" if self.data.is_regression
+                    else "tokens" if not self.data.stats["pixel_max"]
                     else f"{self.data.num_classes} classes")
                  + f" ({time.perf_counter() - t0:.1f} s)")
     # --------------------------------------------------------------- model
@@ -505,7 +507,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f" acc {row['accuracy']:.4f}" if "accuracy" in row else "",
                  row["learning_rate"], progress.line(last_step))
 
+  min_interval = config.checkpoint.get("min_interval_seconds", 0.0)
+  last_epoch_save = [-float("inf")]  # monotonic time of the last epoch-end save
+  pending_best: list = []  # [(step, epoch, state copy, best)] not yet written (throttled)
+
+  def write_pending_best() -> None:
+    for best_step, best_epoch, best_state, best_info in pending_best:
+      if best_step not in best_manager.all_steps():
+        checkpoint.save(best_manager, best_step, best_state,
+                        {"epoch": best_epoch, "best": best_info})
+    pending_best.clear()
+
   def save_latest(epoch: int, stopped: str | None = None) -> None:
+    write_pending_best()  # the best first: a latest that names it is only written after it
     checkpoint.save(manager, step, setup.to_logical(state), {
         "epoch": epoch, "metrics": {s: metrics_lib.scalars(latest[s]) for s in latest},
         "early_stopping": early_state, "best": best, "stopped": stopped})
@@ -540,17 +554,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if stop and reason is None:
           reason = (f"early stopping: {early.metric} did not improve on "
                     f"{early_state['best']:.4g} for {early.patience} evaluations")
+    # Epoch-end saves at most every min_interval seconds (each costs ~10-20 ms, a few
+    # percent of a sub-second epoch); the last epoch, a stop and a signal always save.
+    due = (time.monotonic() - last_epoch_save[0] >= min_interval or step >= total_steps
+           or reason is not None or signals.received is not None)
     if best_manager is not None:
       value = termination.lookup(latest, best_key, "config.checkpoint.best_metric")
       mode = termination.mode_of(best_key)
       if value is not None and (best is None or (value < best["value"] if mode == "min"
                                                  else value > best["value"])):
         best = {"metric": best_key, "value": value, "step": step}
-        # The best first: a kill between the two saves re-runs this epoch, not loses it.
-        # (Re-run after a resume, the step may already be there: the same state, bit for bit.)
-        if step not in best_manager.all_steps():
-          checkpoint.save(best_manager, step, logical, {"epoch": epoch + 1, "best": best})
-    save_latest(epoch + 1, stopped=reason)
+        # Kept until the next save writes it (best first: a kill between the two saves
+        # re-runs this epoch, not loses it). Re-run after a resume, the step may already
+        # be there: the same state, bit for bit.
+        pending_best[:] = [(step, epoch + 1, logical if due else jax.tree.map(jnp.copy, logical),
+                            dict(best))]
+    if due:
+      save_latest(epoch + 1, stopped=reason)
+      last_epoch_save[0] = time.monotonic()
     if writer:
       artifacts.write_metrics_csv(workdir)
       # Redrawn at most once a minute (a plot costs ~0.5 s, an epoch of a small run less).
@@ -637,6 +658,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -------------------------------------------------------------- final
   state = setup.to_logical(state)
+  if best_manager is not None and pending_best:  # (only when training ended on a throttle)
+    write_pending_best()
   manager.wait_until_finished()
   if best_manager is not None:
     best_manager.wait_until_finished()

@@ -23,6 +23,7 @@ def _config(**overrides):
     config.train.num_epochs = 3
     config.report.plots = False
     config.report.html = False
+    config.checkpoint.min_interval_seconds = 0.0  # these tests look at every epoch's save
     for key, value in overrides.items():
       *sections, name = key.split(".")
       target = config
@@ -340,6 +341,30 @@ def test_keep_k_latest_and_the_best_apart(tmp_path):
                 if r["split"] == "validation"}
   best_step = min(s for s, a in validation.items() if a == max(validation.values()))
   assert os.listdir(tmp_path / "checkpoints_best") == [str(best_step)]
+
+
+def test_throttled_epoch_saves_still_keep_the_first_last_and_best(tmp_path):
+  import json
+  from bigjax import inference
+  # The learning rate peaks at the end of a 2-epoch warmup (step 80): a "best" that
+  # arrives between saves, so it must be kept in memory and written later.
+  config = _config(**{"train.num_epochs": 6, "checkpoint.max_to_keep": 10,
+                      "checkpoint.min_interval_seconds": 3600.0,
+                      "checkpoint.best_metric": "train/learning_rate",
+                      "optimizer.schedule.name": "linear",
+                      "optimizer.schedule.warmup_steps": 80})
+  results = train.run(config, str(tmp_path))
+  # The first epoch end saves (nothing saved before), then none until the last.
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [40, 240]
+  assert os.listdir(tmp_path / "checkpoints_best") == ["80"]
+  assert results["best_checkpoint"]["step"] == 80
+  validation = {r["step"]: r["accuracy"] for r in map(json.loads, open(tmp_path /
+                                                                        "metrics.jsonl"))
+                if r["split"] == "validation"}
+  # The state kept in memory is step 80's: evaluating it reproduces step 80's metrics.
+  evaluated = inference.evaluate(config, str(tmp_path), "validation", step="best")
+  assert evaluated["step"] == 80
+  assert evaluated["validation"]["accuracy"] == validation[80] != validation[240]
 
 
 def test_batch_norm_statistics_can_stay_frozen(pretrained, tmp_path):
