@@ -6,9 +6,10 @@ MLP ratio 2 (about 1.8M parameters; see --mode=summary). AdamW 1e-3, weight deca
 5 warmup epochs then cosine, label smoothing 0.1, batch 128, 50 epochs, 10% of train held
 out for validation.
   python run.py --config=configs/cifar10_vit.py[:small]
+Augmentation: 4-pixel padding with random crops and random left-right flips, on the device.
 Expected: not yet measured by bigjax (no network for CIFAR-10 and no GPU on the machine this
-was written on). ViTs trained from scratch on CIFAR-10 without augmentation overfit; expect
-well below the ResNets until augmentation lands.
+was written on). ViTs trained from scratch on small data overfit more than ResNets; stronger
+augmentation (--config.data.augment.mixup_alpha=0.2, cutout_size=8) is there to try.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "cifar10"
     config.data.validation_fraction = 0.1
     config.data.standardize = True
+    config.data.augment.update(crop_padding=4, flip_lr=True)
     config.loss.label_smoothing = 0.1
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3
