@@ -4,6 +4,7 @@
       [--workdir=runs/mnist] [--mode=train|eval|predict|summary]
   python run.py --mode=eval --workdir=runs/mnist [--step=best] [--split=test]
   python run.py --mode=predict --workdir=runs/mnist [--split=test | image.png ...]
+  python run.py --mode=sample --workdir=runs/lm_tiny --prompt="Once upon" [--temperature=0.8]
 """
 
 from absl import app, flags
@@ -14,15 +15,23 @@ from bigjax import cli
 config_flags.DEFINE_config_file(
     "config", None, "A config file: configs/x.py, or configs/x.py:variant.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where outputs go. Default: runs/<config name>[_<variant>].")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary", "sample"],
                   "train: train, evaluate and checkpoint. eval: evaluate a workdir's "
                   "checkpoint (uses the workdir's config.json when --config is not given). "
                   "predict: write a checkpoint's predictions for a split or for image files "
                   "given as arguments. summary: the per-layer depth and parameter report, "
-                  "without training.")
+                  "without training. sample: text from a language model's checkpoint.")
 flags.DEFINE_string("split", None, "eval: comma-separated splits (default: config.eval.at_end)."
                     " predict: one split (default: test).")
-flags.DEFINE_string("step", "latest", "eval/predict: which checkpoint: latest, best, or a step.")
+flags.DEFINE_string("step", "latest",
+                    "eval/predict/sample: which checkpoint: latest, best, or a step.")
+flags.DEFINE_string("prompt", None, "sample: the text to continue (default: config.sample).")
+flags.DEFINE_integer("max_new_tokens", None, "sample: tokens (bytes) to generate.")
+flags.DEFINE_float("temperature", None, "sample: 0 = always the most likely token.")
+flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = all).")
+flags.DEFINE_float("top_p", None, "sample: keep the most likely tokens up to this "
+                   "probability mass (1 = all).")
+flags.DEFINE_integer("num_samples", None, "sample: how many continuations.")
 
 
 def main(argv):

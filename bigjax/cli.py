@@ -62,7 +62,15 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
     from bigjax import inference
     config = config if config is not None else train.load_run_config(workdir)
     step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
-    if flag_values.mode == "eval":
+    if flag_values.mode == "sample":
+      from bigjax import sample
+      prompt = flag_values.prompt
+      if prompt is None:
+        prompt = (config.get("sample") or {}).get("prompt", "")
+      sample.sample(config, workdir, prompt, step, flag_values.max_new_tokens,
+                    flag_values.temperature, flag_values.top_k, flag_values.top_p,
+                    flag_values.num_samples)
+    elif flag_values.mode == "eval":
       inference.evaluate(config, workdir, flag_values.split, step)
     else:
       inference.predict(config, workdir, flag_values.split, files, step)

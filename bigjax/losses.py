@@ -47,6 +47,16 @@ def softmax_cross_entropy(logits_BxC: jax.Array, batch: dict,
   return optax.softmax_cross_entropy(logits, targets)
 
 
+@register_loss("token_cross_entropy")
+def token_cross_entropy(logits_BxTxV: jax.Array, batch: dict) -> jax.Array:
+  """Language models: next-token cross-entropy averaged over each sequence's positions
+  (labels [B, T] int), in float32. Sequences have one length, so the batch mean is the mean
+  over tokens."""
+  per_token = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV.astype(jnp.float32), batch["label"])
+  return per_token.mean(axis=tuple(range(1, per_token.ndim)))
+
+
 @register_loss("sigmoid_binary_cross_entropy")
 def sigmoid_binary_cross_entropy(logits_BxC: jax.Array, batch: dict) -> jax.Array:
   """Multi-label: independent sigmoid cross-entropy per class, averaged over classes."""

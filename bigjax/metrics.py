@@ -136,6 +136,12 @@ METRICS.register("loss")(Metric(("loss_sum", "count"), lambda t: {
     "loss": float(_ratio(t["loss_sum"], t["count"]))}))
 METRICS.register("accuracy")(Metric(("correct_sum", "count"), lambda t: {
     "accuracy": float(_ratio(t["correct_sum"], t["count"]))}))
+# Language models (loss = mean next-token cross-entropy in nats): perplexity, and bits per
+# token, which for byte-level tokens is bits per byte.
+METRICS.register("perplexity")(Metric(("loss_sum", "count"), lambda t: {
+    "perplexity": float(np.exp(_ratio(t["loss_sum"], t["count"])))}))
+METRICS.register("bits_per_byte")(Metric(("loss_sum", "count"), lambda t: {
+    "bits_per_byte": float(_ratio(t["loss_sum"], t["count"]) / np.log(2.0))}))
 for _score in ("precision", "recall", "f1"):
   METRICS.register(_score)(_averaged(_score))
 METRICS.register("support")(Metric(("confusion",), lambda t: {
@@ -252,4 +258,5 @@ def finalize(batch_sums: Mapping[str, Any] | Sequence[Mapping[str, Any]],
 def lower_is_better(name: str) -> bool:
   """Whether a smaller value of the metric `name` is better (losses and errors)."""
   base = name.rsplit("/", 1)[-1]
-  return any(word in base for word in ("loss", "mse", "mae", "error", "perplexity"))
+  return any(word in base for word in ("loss", "mse", "mae", "error", "perplexity",
+                                       "bits_per"))

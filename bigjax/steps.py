@@ -60,7 +60,7 @@ def _apply(model: nn.Module, params, model_state, x, *, train: bool, rng=None,
   back in float32, so losses and softmax stay in float32.
   """
   if compute_dtype is not None:
-    params, x = cast_floats(params, compute_dtype), x.astype(compute_dtype)
+    params, x = cast_floats(params, compute_dtype), cast_floats(x, compute_dtype)
     logits, new_state = _apply(model, params, model_state, x, train=train, rng=rng)
     return logits.astype(jnp.float32), new_state
   variables = {"params": params, **model_state}

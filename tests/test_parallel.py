@@ -47,6 +47,11 @@ def test_fsdp_really_shards_and_equals_replicated(eight_devices):
   assert r["fsdp_vs_one"] < 1e-5
 
 
+def test_a_language_model_trains_fsdp_sharded_as_on_one_device(eight_devices):
+  assert eight_devices["lm_fsdp_split"] >= 4  # embedding and block kernels are split
+  assert eight_devices["lm_fsdp_vs_one"] < 1e-5
+
+
 def test_checkpoints_move_between_device_counts(eight_devices):
   assert eight_devices["resume_8to1"] == [20, 40]
   assert eight_devices["resume_1to8"] == [20, 40]

@@ -36,7 +36,9 @@ class LazyImages:
   def ndim(self) -> int:
     return self.raw.ndim
 
-  dtype = np.dtype(np.float32)
+  @property
+  def dtype(self) -> np.dtype:
+    return np.dtype(np.float32) if self.pixel_max else np.dtype(self.raw.dtype)
 
   def __len__(self) -> int:
     return len(self.rows) if self.rows is not None else len(self.raw)
@@ -53,6 +55,8 @@ class LazyImages:
     order = np.argsort(positions, kind="stable")
     pixels = np.empty((len(positions),) + self.raw.shape[1:], self.raw.dtype)
     pixels[order] = self.raw[positions[order]]
+    if not self.pixel_max:  # integer tokens: as they are
+      return pixels
     images = pixels.astype(np.float32) / self.pixel_max
     if self.mean is not None:
       images = (images - self.mean) / self.std
@@ -197,8 +201,11 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     test_rows, test_y = (test_rows[:data_config["max_test_examples"]],
                          test_y[:data_config["max_test_examples"]])
 
-  train_idx, val_idx = train_validation_indices(
-      len(train_y), data_config["validation_fraction"], data_config["split_seed"])
+  if raw.validation_images is not None:  # the source held out its own
+    train_idx, val_idx = np.arange(len(train_y)), np.zeros(0, np.int64)
+  else:
+    train_idx, val_idx = train_validation_indices(
+        len(train_y), data_config["validation_fraction"], data_config["split_seed"])
 
   per_class = data_config.get("labels_per_class", -1)
   if per_class and per_class > 0:  # few labels: N per class, chosen with split_seed
@@ -208,8 +215,14 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   validation = (Split(lazy(train_x, train_rows[val_idx]), train_y[val_idx])
                 if len(val_idx) else None)
   test = Split(lazy(test_x, test_rows), test_y)
+  if raw.validation_images is not None:
+    validation = Split(lazy(raw.validation_images, None),
+                       np.asarray(raw.validation_labels))
 
   stats: dict = {"pixel_max": raw.pixel_max}
+  if data_config["standardize"] and not raw.pixel_max:
+    raise ConfigError("config.data.standardize=True applies to images; this source gives "
+                      "integer tokens. Set it to False.")
   if data_config["standardize"]:
     # Statistics from the training split only, so validation and test stay unseen.
     mean, std = channel_stats(train.images)

@@ -26,12 +26,16 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 @dataclasses.dataclass
 class RawData:
-  train_images: np.ndarray   # [N, H, W, C]
-  train_labels: np.ndarray   # int32 [N]; float32 [N] targets for regression
+  train_images: np.ndarray   # [N, H, W, C] (int tokens [N, T] for language models)
+  train_labels: np.ndarray   # int32 [N]; float32 [N] targets for regression; [N, T] tokens
   test_images: np.ndarray
   test_labels: np.ndarray
-  pixel_max: float           # images / pixel_max lies in [0, 1]
+  pixel_max: float           # images / pixel_max lies in [0, 1]; 0: integer tokens, unscaled
   class_names: list[str]
+  # A source that holds out its own validation split (e.g. text, by position) sets these;
+  # otherwise config.data.validation_fraction of train is held out at random.
+  validation_images: np.ndarray | None = None
+  validation_labels: np.ndarray | None = None
 
   @property
   def num_classes(self) -> int:
@@ -200,6 +204,27 @@ def load_diabetes(data_config: Mapping[str, Any]) -> RawData:
   features = diabetes.data.astype(np.float32)[:, None, None, :]
   targets = diabetes.target.astype(np.float32)
   return RawData(*hold_out_test(features, targets, 0.2, data_config["split_seed"]), 1.0, [])
+
+
+@register_source("text")
+def load_text(data_config: Mapping[str, Any]) -> RawData:
+  """Byte-level tokens of a text file or folder (`path`), packed into windows of
+  `seq_len` + 1; the last test_fraction of the byte stream is the test split and the
+  validation_fraction before it the validation split (split by position)."""
+  from bigjax.data import text
+  if not data_config.get("path"):
+    raise ConfigError("config.data.source='text' needs config.data.path: a text file or a "
+                      "folder of them (offline demo: apt-get install fortunes, then "
+                      "--config.data.path=/usr/share/games/fortunes).")
+  stream = np.frombuffer(text.read_utf8(text.text_files(data_config["path"])),
+                         np.uint8).astype(np.int32)
+  seq_len = int(data_config.get("seq_len", 128))
+  train, validation, test = text.split_by_position(
+      stream, data_config["validation_fraction"], data_config.get("test_fraction", 0.1))
+  train_x, train_y = text.windows(train, seq_len)
+  test_x, test_y = text.windows(test, seq_len)
+  val = text.windows(validation, seq_len) if len(validation) > seq_len else (None, None)
+  return RawData(train_x, train_y, test_x, test_y, 0.0, [], val[0], val[1])
 
 
 def load_raw(data_config: Mapping[str, Any]) -> RawData:

@@ -12,6 +12,7 @@ import jax
 
 from bigjax.models.autoencoder import DenoisingAutoencoder
 from bigjax.models.cnn import CNN
+from bigjax.models.gpt import GPT
 from bigjax.models.mlp import MLP
 from bigjax.models.vit import ViT
 from bigjax.models.resnet import ResNet, ResNet18, ResNet20, ResNet32, ResNet34, ResNet56
@@ -22,6 +23,7 @@ MODELS.register("mlp")(MLP)
 MODELS.register("cnn")(CNN)
 MODELS.register("resnet")(ResNet)
 MODELS.register("vit")(ViT)
+MODELS.register("gpt")(GPT)
 MODELS.register("denoising_autoencoder")(DenoisingAutoencoder)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
                     "resnet18": ResNet18, "resnet34": ResNet34}.items():

@@ -75,6 +75,27 @@ def main(root):
     resumed = train.run(then, workdir)
     out[f"resume_{name}"] = [resumed["resumed_from_step"], resumed["steps"]]
 
+  # A small GPT on a text file: FSDP over 2 x 4 devices equals one device.
+  from configs import lm_tiny
+  corpus = os.path.join(root, "corpus.txt")
+  with open(corpus, "w") as f:
+    f.write("the quick brown fox jumps over the lazy dog. " * 100)
+  lm = {}
+  for name, parallel in (("lm_one", dict(num_devices=1)),
+                         ("lm_fsdp", dict(mesh=dict(data=2, fsdp=4), fsdp_min_size=500))):
+    c = lm_tiny.get_config("small")
+    with c.unlocked():
+      c.data.path = corpus
+      c.train.num_steps = 10
+      c.report.plots = c.report.html = c.report.tensorboard = False
+      c.parallel.update(parallel)
+    train.run(c, os.path.join(root, name))
+    _, lm[name] = params_of(os.path.join(root, name))
+  out["lm_fsdp_vs_one"] = max_diff(lm["lm_one"], lm["lm_fsdp"])
+  out["lm_fsdp_split"] = sum(
+      1 for leaf in jax.tree.leaves(train.Setup(c).initial_state.params)
+      if any(axis is not None for axis in leaf.sharding.spec))
+
   bf16 = train.run(config(precision="bfloat16"), os.path.join(root, "bf16"))
   _, bf16_params = params_of(os.path.join(root, "bf16"))
   out["bf16_param_dtypes"] = sorted({str(x.dtype) for x in jax.tree.leaves(bf16_params)})

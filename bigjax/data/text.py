@@ -1,0 +1,86 @@
+"""Text for language models: byte-level tokens (no vocabulary to download), text files read
+and checked as UTF-8, and fixed-length training windows packed from the byte stream."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bigjax.registry import ConfigError
+
+VOCAB_SIZE = 256  # one token per byte
+TEXT_EXTENSIONS = ("", ".txt", ".md", ".text")
+
+
+def encode(text: str) -> np.ndarray:
+  """UTF-8 bytes as int32 tokens."""
+  return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+
+def decode(tokens) -> str:
+  """Tokens back to text; a sequence cut inside a multi-byte character shows U+FFFD there."""
+  return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def text_files(path: str) -> list[str]:
+  """A file, or the text files of a folder (recursively, sorted; names without an extension
+  or ending .txt/.md/.text; links, hidden files and other extensions are left out)."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise ConfigError(f"{path}: no such file or folder (config.data.path). Give a text file "
+                      "or a folder of them (offline demo: apt-get install fortunes, then "
+                      "--config.data.path=/usr/share/games/fortunes).")
+  found = []
+  for root, dirs, names in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(names):
+      full = os.path.join(root, name)
+      if (not name.startswith(".") and not os.path.islink(full)
+          and os.path.splitext(name)[1].lower() in TEXT_EXTENSIONS):
+        found.append(full)
+  if not found:
+    raise ConfigError(f"{path} holds no text files (names without an extension, or .txt, "
+                      ".md, .text).")
+  return found
+
+
+def read_utf8(paths: list[str]) -> bytes:
+  """The files' bytes, concatenated; a file that is not UTF-8 is an error naming the file
+  and the byte offset."""
+  chunks = []
+  for path in paths:
+    with open(path, "rb") as f:
+      data = f.read()
+    try:
+      data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ConfigError(f"{path} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) "
+                        f"cannot be decoded ({e.reason}). Convert it (e.g. iconv -t UTF-8) "
+                        "or leave it out.") from None
+    chunks.append(data if data.endswith(b"\n") else data + b"\n")
+  return b"".join(chunks)
+
+
+def windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(inputs [N, seq_len], next-token targets [N, seq_len]) from non-overlapping windows of
+  seq_len + 1 tokens (each window's last token is only a target)."""
+  n = (len(stream) - 1) // seq_len
+  if n < 1:
+    raise ConfigError(f"{len(stream)} tokens make no window of seq_len={seq_len} + 1; use "
+                      "more text or a shorter config.data.seq_len.")
+  starts = np.arange(n) * seq_len
+  index = starts[:, None] + np.arange(seq_len + 1)[None, :]
+  chunk = stream[index]
+  return chunk[:, :-1], chunk[:, 1:]
+
+
+def split_by_position(stream: np.ndarray, validation_fraction: float, test_fraction: float):
+  """(train, validation, test) streams: contiguous, in that order (the held-out text is
+  the end of the corpus, never interleaved with training text)."""
+  n = len(stream)
+  n_test, n_val = int(n * test_fraction), int(n * validation_fraction)
+  train_end = n - n_test - n_val
+  return stream[:train_end], stream[train_end:n - n_test], stream[n - n_test:]

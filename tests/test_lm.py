@@ -1,0 +1,191 @@
+"""The language-model path: GPT causality, the KV cache, byte tokens, sampling, a text
+source, training end to end, and its bad input."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bigjax import lora, train
+from bigjax.data import sources, text
+from bigjax.models import build_model, init_variables
+from bigjax.registry import ConfigError
+from bigjax.sample import filter_logits, generate
+from configs import lm_tiny
+
+MODEL = dict(name="gpt", vocab_size=256, context_length=24, hidden_size=32, depth=2,
+             num_heads=4)
+
+
+def _model(**overrides):
+  model = build_model(dict(MODEL, **overrides))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 24)), jnp.int32)
+  return model, init_variables(model, jax.random.PRNGKey(0), tokens)["params"], tokens
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_the_loss_at_t_has_no_gradient_from_tokens_after_t(positions):
+  model, params, tokens = _model(positions=positions)
+  t = 9
+
+  def loss_at_t(one_hot):
+    # The token embedding as a one-hot matmul, so a gradient reaches every input token.
+    table = params["token_embedding"]["embedding"]
+    out = nn_apply_with_embedding(model, params, tokens, lambda *_: one_hot @ table)
+    return optax.softmax_cross_entropy_with_integer_labels(out[:, t], tokens[:, t + 1]).sum()
+
+  one_hot = jax.nn.one_hot(tokens, 256)
+  grads = jax.grad(loss_at_t)(one_hot)
+  assert float(jnp.abs(grads[:, :t + 1]).sum()) > 0
+  np.testing.assert_array_equal(grads[:, t + 1:], 0.0)
+
+
+def nn_apply_with_embedding(model, params, tokens, embed):
+  """Applies the model with its token embedding replaced by `embed` (an interceptor)."""
+  import flax.linen as nn
+
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Embed) and context.method_name == "__call__":
+      return embed(*args, **kwargs)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    return model.apply({"params": params}, tokens)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_kv_cache_decoding_gives_the_full_forward_pass_logits(positions):
+  model, params, tokens = _model(positions=positions)
+  full = model.apply({"params": params}, tokens)
+  cache = jax.tree.map(jnp.zeros_like,
+                       model.init(jax.random.PRNGKey(0), tokens[:, :1], decode=True)["cache"])
+  logits, state = model.apply({"params": params, "cache": cache}, tokens[:, :10], decode=True,
+                              mutable=["cache"])
+  pieces = [logits]
+  for i in range(10, tokens.shape[1]):
+    logits, state = model.apply({"params": params, "cache": state["cache"]},
+                                tokens[:, i:i + 1], decode=True, mutable=["cache"])
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_byte_tokens_round_trip_any_utf8():
+  rng = np.random.default_rng(0)
+  samples = ["", "plain ASCII", "naïve café – 日本語 – 🙂🚀", "\x00\n\t"]
+  samples += ["".join(chr(c) for c in rng.integers(1, 0x10FFFF, 50) if not 0xD800 <= c <= 0xDFFF)
+              for _ in range(20)]
+  for s in samples:
+    tokens = text.encode(s)
+    assert tokens.min(initial=0) >= 0 and tokens.max(initial=0) < 256
+    assert text.decode(tokens) == s
+
+
+def test_a_tiny_model_overfits_a_fixed_batch():
+  model, params, tokens = _model()
+  tx = optax.adam(3e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    def loss(p):
+      logits = model.apply({"params": p}, tokens[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  first = None
+  for _ in range(300):
+    params, opt_state, value = step(params, opt_state)
+    first = first if first is not None else float(value)
+  assert first > 5.0 and float(value) < 0.05, (first, float(value))
+
+
+def test_lora_on_attention_and_mlp_kernels_merged_equals_unmerged():
+  model, params, tokens = _model()
+  adapted = lora.add_adapters(params, 4, "(qkv|out|mlp_in|mlp_out)/kernel",
+                              jax.random.PRNGKey(1))
+  assert len(lora.flatten(adapted[lora.ADAPTERS])) == 2 * 4 * 2  # 4 kernels x 2 blocks, a and b
+  adapted[lora.ADAPTERS] = jax.tree.map(lambda x: x + 0.01, adapted[lora.ADAPTERS])
+  wrapped = lora.LoRAModel(model, 2.0)
+  np.testing.assert_allclose(wrapped.apply({"params": adapted}, tokens),
+                             model.apply({"params": lora.merge(adapted, 2.0)}, tokens),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_at_temperature_0_is_deterministic_and_filters_work():
+  model, params, tokens = _model()
+  a = generate(model, params, tokens[:, :5], 10, jax.random.PRNGKey(0), temperature=0.0)
+  b = generate(model, params, tokens[:, :5], 10, jax.random.PRNGKey(7), temperature=0.0)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (2, 15) and (np.asarray(a[:, :5]) == np.asarray(tokens[:, :5])).all()
+  c = generate(model, params, tokens[:, :5], 10, jax.random.PRNGKey(0), temperature=1.0)
+  d = generate(model, params, tokens[:, :5], 10, jax.random.PRNGKey(1), temperature=1.0)
+  assert not np.array_equal(c, d)
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  assert np.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+  assert np.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+  assert np.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+  with pytest.raises(ConfigError, match="longer than the model's context of 24"):
+    generate(model, params, tokens[:, :20], 10, jax.random.PRNGKey(0))
+
+
+def _corpus(tmp_path, repeats=200):
+  folder = tmp_path / "corpus"
+  os.makedirs(folder)
+  (folder / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * repeats)
+  (folder / "b").write_text("pack my box with five dozen liquor jugs! " * repeats)
+  (folder / "b.dat").write_bytes(b"\xff\xfe binary index, skipped")
+  return folder
+
+
+def test_text_source_splits_by_position_into_windows(tmp_path):
+  config = lm_tiny.get_config("small").data
+  with config.unlocked():
+    config.path = str(_corpus(tmp_path))
+  raw = sources.load_raw(config)
+  t = config.seq_len
+  assert raw.train_images.shape[1:] == (t,) and raw.pixel_max == 0.0
+  np.testing.assert_array_equal(raw.train_images[:, 1:], raw.train_labels[:, :-1])
+  np.testing.assert_array_equal(raw.train_images[1:, 0], raw.train_labels[:-1, -1])
+  assert text.decode(raw.train_images[0]).startswith("the quick brown fox")
+  assert "liquor jugs" in text.decode(raw.test_images[-1])  # the end of the corpus
+
+
+def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
+  from bigjax import sample
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.data.path = str(_corpus(tmp_path))
+    config.train.num_steps = 60
+    config.report.plots = config.report.html = False
+  results = train.run(config, str(tmp_path / "run"))
+  test = results["metrics"]["test"]
+  assert test["loss"] < 3.5  # from ln(256) = 5.5 at the start; measured 2.82
+  assert test["perplexity"] == pytest.approx(np.exp(test["loss"]))
+  assert test["bits_per_byte"] == pytest.approx(test["loss"] / np.log(2))
+  texts = sample.sample(config, str(tmp_path / "run"), "the qu", max_new_tokens=12,
+                        temperature=0.0)
+  assert texts[0].startswith("the qu") and len(texts[0].encode()) == 6 + 12
+  assert (tmp_path / "run" / "samples.txt").read_text().count("---") == 1
+
+
+def test_lm_bad_input(tmp_path):
+  from bigjax import sample
+  bad = tmp_path / "latin1.txt"
+  bad.write_bytes("café".encode("latin-1"))
+  with pytest.raises(ConfigError, match=r"latin1.txt is not UTF-8 text: byte 3 \(0xe9\)"):
+    text.read_utf8([str(bad)])
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.data.path = str(_corpus(tmp_path))
+    config.data.seq_len = 64  # the small model's context is 32
+  with pytest.raises(ValueError, match="64 tokens is longer than context_length=32"):
+    train.Setup(config)
+  with config.unlocked():
+    config.data.seq_len = 32
+  with pytest.raises(FileNotFoundError, match="No checkpoint in .*train this workdir first"):
+    sample.sample(config, str(tmp_path / "empty"), "hi")
