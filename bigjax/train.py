@@ -508,7 +508,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  row["learning_rate"], progress.line(last_step))
 
   min_interval = config.checkpoint.get("min_interval_seconds", 0.0)
-  last_epoch_save = [-float("inf")]  # monotonic time of the last epoch-end save
+  # When the last epoch-end save was (from the start: a crash loses at most the interval).
+  last_epoch_save = [time.monotonic()]
   pending_best: list = []  # [(step, epoch, state copy, best)] not yet written (throttled)
 
   def write_pending_best() -> None:

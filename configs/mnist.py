@@ -157,9 +157,10 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       # bigjax.train.RESUMABLE_CHANGES); set True to resume anyway.
       allow_config_change=False,
       every_steps=0,          # also save every N steps (0: at each epoch end only)
-      # Epoch-end saves at most this often (the last epoch, a stop and SIGTERM/SIGINT always
-      # save; a better best is kept in memory until the next save): short epochs would
-      # otherwise spend several percent of their time saving. 0 = every epoch.
+      # Epoch-end saves at most this often, counted from the start (the last epoch, a stop
+      # and SIGTERM/SIGINT always save; a better best is kept in memory until the next
+      # save): short epochs would otherwise spend several percent of their time saving.
+      # 0 = every epoch.
       min_interval_seconds=10.0,
       resume_from="",         # resume another run's full train state (a workdir or step folder)
   )
