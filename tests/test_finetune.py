@@ -222,6 +222,22 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
   assert results["steps"] == latest  # and it trained that epoch again
 
 
+def test_a_save_killed_midway_leaves_the_last_complete_checkpoint_in_use(tmp_path):
+  import shutil
+  config = _config(**{"train.num_epochs": 2})
+  train.run(config, str(tmp_path))
+  # What a kill -9 during Orbax's save of step 120 leaves: its temporary folder, half written.
+  partial = tmp_path / "checkpoints" / "120.orbax-checkpoint-tmp"
+  shutil.copytree(tmp_path / "checkpoints" / "80", partial)
+  for root, _, names in os.walk(partial):
+    for name in names:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 2))
+  results = train.run(_config(**{"train.num_epochs": 4}), str(tmp_path))
+  assert results["resumed_from_step"] == 80 and results["steps"] == 160
+  assert 120 in checkpoint.list_steps(str(tmp_path))  # saved again, whole this time
+
+
 def test_precedence_workdir_checkpoint_then_resume_from_then_init_from(pretrained, tmp_path):
   config = _config(**{"checkpoint.resume_from": str(pretrained),
                       "init_from.path": str(pretrained), "train.num_epochs": 4})
