@@ -62,6 +62,15 @@ def pick_step(steps: list[int], step: str | int, folder: str) -> int:
   return int(step)
 
 
+def latest_params(workdir: str) -> tuple[int, Any]:
+  """(step, params) of a workdir's latest checkpoint, as saved (no config needed)."""
+  manager = make_manager(workdir, create=False)
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return step, restored["state"]["params"]
+
+
 def _shapes_by_path(tree: Any) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}

@@ -691,6 +691,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "resumed_from_step": resumed_from, "stopped_early": stopped, "best_checkpoint": best,
       "metrics": final, "environment": _environment(),
   }
+  if config.model.name == "gpt" and steady and np.isfinite(steady):  # language models
+    from bigjax import mfu
+    seq_len = int(setup.data.train.images.shape[1])
+    results["tokens_per_second"] = steady * seq_len
+    results["model_flops_per_token"] = mfu.gpt_flops_per_token(config.model, seq_len)
+    results["mfu"] = mfu.utilisation(results["tokens_per_second"],
+                                     results["model_flops_per_token"],
+                                     str(jax.devices()[0].device_kind), setup.mesh.size)
+    logging.info("%s tokens/s; %.3g training FLOPs per token; MFU %s",
+                 f"{results['tokens_per_second']:,.0f}", results["model_flops_per_token"],
+                 f"{results['mfu']:.1%} of bf16 peak" if results["mfu"] is not None
+                 else "n/a (no peak figure for this device)")
   for split, values in final.items():  # the headline numbers, flat
     for name in ("accuracy", "loss"):
       if name in values:

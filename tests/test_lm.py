@@ -189,3 +189,27 @@ def test_lm_bad_input(tmp_path):
     config.data.seq_len = 32
   with pytest.raises(FileNotFoundError, match="No checkpoint in .*train this workdir first"):
     sample.sample(config, str(tmp_path / "empty"), "hi")
+
+
+def test_flops_per_token_counts_the_model_matmul_weights():
+  from bigjax import mfu
+  from bigjax.finetune import flatten
+  _, params, _ = _model()
+  kernels = sum(x.size for path, x in flatten(params).items() if path.endswith("kernel"))
+  head = params["token_embedding"]["embedding"].size  # the tied output projection
+  assert mfu.gpt_flops_per_token(MODEL, 24) == 6 * (kernels + head) + 12 * 2 * 32 * 24
+  assert mfu.utilisation(1000, 1e9, "NVIDIA H100 80GB HBM3", 1) == pytest.approx(1e12 / 989e12)
+  assert mfu.utilisation(1000, 1e9, "cpu", 1) is None
+
+
+@pytest.mark.parametrize("name, low, high", [("lm_tiny", 0.8e6, 0.9e6),
+                                             ("lm_small", 10e6, 30e6), ("lm_1b", 0.9e9, 1.1e9)])
+def test_lm_configs_build_models_of_the_stated_size(name, low, high):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  model = build_model(config.model)
+  tokens = jax.ShapeDtypeStruct((1, config.data.seq_len), jnp.int32)
+  shapes = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), tokens)
+  count = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  assert low <= count <= high, count
+  assert config.data.seq_len <= config.model.context_length

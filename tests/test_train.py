@@ -24,13 +24,7 @@ def _digits_config(**train_overrides):
   return config
 
 
-def _latest_params(workdir):
-  manager = checkpoint.make_manager(workdir, create=False)
-  step = manager.latest_step()
-  restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
-      state=checkpoint.ocp.args.StandardRestore()))
-  manager.close()
-  return step, restored["state"]["params"]
+_latest_params = checkpoint.latest_params
 
 
 def _run_py(*args, timeout=300):

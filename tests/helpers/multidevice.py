@@ -32,13 +32,7 @@ def config(**parallel):
   return c
 
 
-def params_of(workdir):
-  manager = checkpoint.make_manager(workdir, create=False)
-  step = manager.latest_step()
-  restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
-      state=checkpoint.ocp.args.StandardRestore()))
-  manager.close()
-  return step, restored["state"]["params"]
+params_of = checkpoint.latest_params
 
 
 def max_diff(a, b):
