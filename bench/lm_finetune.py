@@ -26,12 +26,15 @@ from configs import lm_tiny  # noqa: E402
 flags.DEFINE_string("pretrained", None, "Workdir of an lm_tiny run on the whole corpus.")
 flags.DEFINE_string("topic", "/usr/share/games/fortunes/work", "The fine-tuning text.")
 flags.DEFINE_integer("steps", 300, "Training steps for both runs.")
+flags.DEFINE_list("finetune_lrs", ["3e-3", "3e-4"], "Peak learning rates for fine-tuning "
+                  "(from scratch uses lm_tiny's 3e-3).")
 flags.DEFINE_string("out", "", "Also write the table (markdown) here.")
 
 
-def _config(init_from: str = ""):
+def _config(init_from: str = "", learning_rate: float = 3e-3):
   config = lm_tiny.get_config()
   with config.unlocked():
+    config.optimizer.learning_rate = learning_rate
     config.data.path = flags.FLAGS.topic
     config.train.update(num_steps=flags.FLAGS.steps, log_every_steps=100)
     config.optimizer.schedule.warmup_steps = 30
@@ -51,16 +54,18 @@ def main(argv):
   step, params = checkpoint.latest_params(flags.FLAGS.pretrained)
   zero_shot = setup.evaluate(setup.initial_state.replace(params=params), "validation")
   rows.append((f"pre-trained only (step {step} on the whole corpus)", 0, zero_shot))
-  for name, init in (("from scratch", ""), ("fine-tuned from the pre-trained run",
-                                            flags.FLAGS.pretrained)):
+  runs = [("from scratch, peak lr 3e-3", "", 3e-3)] + [
+      (f"fine-tuned from the pre-trained run, peak lr {lr}", flags.FLAGS.pretrained, float(lr))
+      for lr in flags.FLAGS.finetune_lrs]
+  for name, init, lr in runs:
     with tempfile.TemporaryDirectory() as workdir:
-      results = train.run(_config(init), workdir)
+      results = train.run(_config(init, lr), workdir)
     rows.append((name, results["steps"], results["metrics"]["validation"]))
     print(rows[-1][0], rows[-1][2]["loss"], flush=True)
   n_val = len(setup.data.validation)
   text = (f"lm_tiny on `{flags.FLAGS.topic}` ({os.path.getsize(flags.FLAGS.topic):,} bytes; "
           f"validation: {n_val} windows of 128 bytes, the 5% before its last 5%); the same "
-          f"config and {flags.FLAGS.steps} steps for both trained rows (AdamW 3e-3, 30 warmup "
+          f"config and {flags.FLAGS.steps} steps for the trained rows (AdamW, 30 warmup "
           f"steps, cosine); {jax.devices()[0].device_kind}, jax {jax.__version__}.\n\n"
           "| model | steps on the topic | validation loss | bits per byte | perplexity |\n"
           "|---|---|---|---|---|\n" + "\n".join(

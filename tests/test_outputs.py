@@ -179,9 +179,10 @@ def test_stop_when_a_target_is_reached_and_stay_stopped(tmp_path):
 
 def test_num_steps_ends_mid_epoch(tmp_path):
   results = train.run(_config(**{"train.num_steps": 50, "report.plots": False,
-                                 "report.html": False}), str(tmp_path))
+                                 "report.html": False,
+                                 "checkpoint.min_interval_seconds": 0.0}), str(tmp_path))
   assert results["steps"] == 50 and results["epochs"] == 2
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "50"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "50"]  # epoch end, then end
   assert not os.path.exists(tmp_path / "report.html")
 
 

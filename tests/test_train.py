@@ -172,7 +172,7 @@ def test_config_key_typo_fails_with_did_you_mean(tmp_path):
 
 def test_unknown_names_list_the_known_ones(tmp_path):
   for group, key, value, known in [("data", "source", "idxx",
-                                   "arrays, diabetes, digits, folder, idx, tfds"),
+                                   "arrays, diabetes, digits, folder, idx, text, tfds"),
                                    ("loss", "name", "hinge_loss",
                                     "mean_absolute_error, mean_squared_error, multiclass_hinge, "
                                     "reconstruction_mse, sigmoid_binary_cross_entropy, "
@@ -181,7 +181,7 @@ def test_unknown_names_list_the_known_ones(tmp_path):
                                     "adafactor, adagrad, adam, adamw, lamb, lion, momentum, "
                                     "nesterov, rmsprop, sgd"),
                                    ("model", "name", "resnet9000",
-                                    "cnn, denoising_autoencoder, mlp")]:
+                                    "cnn, denoising_autoencoder, gpt, mlp")]:
     config = digits.get_config()
     config[group][key] = value
     with pytest.raises(ConfigError, match=f"Unknown .*{value}.*Known .*{known}"):
