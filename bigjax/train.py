@@ -659,8 +659,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -------------------------------------------------------------- final
   state = setup.to_logical(state)
-  if best_manager is not None and pending_best:  # (only when training ended on a throttle)
-    write_pending_best()
   manager.wait_until_finished()
   if best_manager is not None:
     best_manager.wait_until_finished()

@@ -47,8 +47,12 @@ class LazyImages:
     return LazyImages(self.raw, self.rows, self.pixel_max, mean, std)
 
   def __getitem__(self, key) -> np.ndarray:
-    positions = np.arange(len(self))[key] if self.rows is None else self.rows[key]
-    positions = np.asarray(positions)
+    if self.rows is not None:
+      positions = np.asarray(self.rows[key])
+    elif isinstance(key, slice):  # (no index array of the whole split per batch)
+      positions = np.arange(*key.indices(len(self)))
+    else:
+      positions = np.asarray(key)
     if positions.ndim == 0:
       return self[np.asarray([key])][0]
     # Sorted reads: a memory-mapped file pages in each region once, front to back.

@@ -82,11 +82,18 @@ def _read_with_tensorflow(builder, split: str, size=None, image_key: str = "imag
   return next(iter(tfds.as_numpy(dataset)))
 
 
-def _stack(images: list, name: str, split: str, size) -> np.ndarray:
-  if size:
+def _as_hwc(image, size=None) -> np.ndarray:
+  """One TFDS image as [H, W, C], resized to size=(H, W) when given and different."""
+  image = np.asarray(image)
+  image = image[..., None] if image.ndim == 2 else image
+  if size and image.shape[:2] != tuple(size):
     from bigjax.data.sources import resize_images
-    images = [resize_images(np.asarray(x)[None] if np.ndim(x) == 3 else
-                            np.asarray(x)[None, ..., None], size)[0] for x in images]
+    image = resize_images(image[None], size)[0]
+  return image
+
+
+def _stack(images: list, name: str, split: str, size) -> np.ndarray:
+  images = [_as_hwc(x, size) for x in images]
   shapes = {np.shape(x) for x in images}
   if len(shapes) > 1:
     raise ConfigError(f'TFDS "{name}" split "{split}" has images of several sizes (e.g. '
@@ -153,15 +160,11 @@ class DataSourceImages:
     return len(self.source)
 
   def _read(self, i: int) -> np.ndarray:
-    image = np.asarray(self.source[int(i)][self.image_key])
-    image = image[..., None] if image.ndim == 2 else image
-    if self.size and image.shape[:2] != tuple(self.size):
-      from bigjax.data.sources import resize_images
-      image = resize_images(image[None], self.size)[0]
-    return image
+    return _as_hwc(self.source[int(i)][self.image_key], self.size)
 
   def __getitem__(self, rows) -> np.ndarray:
-    rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+    rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
+            else np.asarray(rows))
     return np.stack([self._read(i) for i in np.ravel(rows)]).reshape(
         *rows.shape, *self.shape[1:])
 
