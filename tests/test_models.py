@@ -51,13 +51,17 @@ def test_dropout_only_in_training():
   assert not np.allclose(eval_a, train_a)
 
 
+@pytest.mark.parametrize("window", [2, 3])
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape", [(3, 26, 26, 8), (2, 11, 11, 4), (2, 7, 9, 3)])
-def test_reshape_max_pool_equals_flax_max_pool(shape):
-  x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous values: no ties
-  ref = lambda x: nn.max_pool(x, (2, 2), (2, 2), "VALID")
-  np.testing.assert_array_equal(max_pool(x, 2), ref(x))
+def test_reshape_max_pool_equals_flax_max_pool(shape, ties, window):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  if ties:  # relu-like flat regions and repeated values, where "which maximum" matters
+    x = jnp.maximum(jnp.round(x), 0.0)
+  ref = lambda x: nn.max_pool(x, (window, window), (window, window), "VALID")
+  np.testing.assert_array_equal(max_pool(x, window), ref(x))
   w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
-  grad = jax.grad(lambda x: (max_pool(x, 2) * w).sum())(x)
+  grad = jax.grad(lambda x: (max_pool(x, window) * w).sum())(x)
   grad_ref = jax.grad(lambda x: (ref(x) * w).sum())(x)
   assert np.abs(grad_ref).sum() > 0
   np.testing.assert_array_equal(grad, grad_ref)

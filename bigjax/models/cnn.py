@@ -7,6 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
 from bigjax.models.layers import (ACTIVATIONS, Activation, Flatten, MaxPool, normalization,
                                   per_layer)
@@ -28,6 +29,7 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
   bias_init: str = "zeros"
+  conv_impl: str = "auto"  # auto (im2col on CPUs, XLA's convolution elsewhere) | xla | im2col
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -45,8 +47,8 @@ class CNN(nn.Module):
         raise ValueError(
             f"CNN conv_{i}: its {h}x{w} input is smaller than the {kernel}x{kernel} kernel. "
             "Use fewer conv layers, padding='SAME' or larger images.")
-      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
-                  name=f"conv_{i}", **inits)(x)
+      x = Conv(features, (kernel, kernel), stride, padding=padding, impl=self.conv_impl,
+               name=f"conv_{i}", **inits)(x)
       norm = normalization(self.norm, train, f"norm_{i}")
       if norm is not None:
         x = norm(x)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
 from bigjax.models.layers import ACTIVATIONS, Activation
 
@@ -23,12 +24,13 @@ class BasicBlock(nn.Module):
   activation: str = "relu"
   kernel_init: str = "he_normal"
   norm_momentum: float = 0.9
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
-                                         use_bias=False, name=name,
-                                         kernel_init=get_initializer(self.kernel_init))
+    conv = lambda f, k, s, name: Conv(f, (k, k), s, padding="SAME" if k > 1 else "VALID",
+                                      use_bias=False, impl=self.conv_impl, name=name,
+                                      kernel_init=get_initializer(self.kernel_init))
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
                                      epsilon=1e-5, name=name)
     y = conv(self.features, 3, self.strides, "conv_0")(x)
@@ -63,6 +65,7 @@ class ResNet(nn.Module):
   kernel_init: str = "he_normal"
   bias_init: str = "zeros"
   norm_momentum: float = 0.9
+  conv_impl: str = "auto"  # auto (im2col on CPUs, XLA's convolution elsewhere) | xla | im2col
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -72,11 +75,11 @@ class ResNet(nn.Module):
                        f"{tuple(self.stage_features)} must have the same length.")
     kernel_init = get_initializer(self.kernel_init)
     if self.stem == "cifar":
-      x = nn.Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False,
-                  kernel_init=kernel_init, name="stem")(x)
+      x = Conv(self.stage_features[0], (3, 3), padding="SAME", use_bias=False,
+               kernel_init=kernel_init, impl=self.conv_impl, name="stem")(x)
     elif self.stem == "imagenet":
-      x = nn.Conv(self.stage_features[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-                  use_bias=False, kernel_init=kernel_init, name="stem")(x)
+      x = Conv(self.stage_features[0], (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
+               kernel_init=kernel_init, impl=self.conv_impl, name="stem")(x)
     else:
       raise ValueError(f'ResNet stem "{self.stem}": use "cifar" or "imagenet".')
     x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum, epsilon=1e-5,
@@ -89,7 +92,7 @@ class ResNet(nn.Module):
         x = BasicBlock(features, strides=2 if stage > 0 and block == 0 else 1,
                        shortcut=self.shortcut, activation=self.activation,
                        kernel_init=self.kernel_init, norm_momentum=self.norm_momentum,
-                       name=f"stage_{stage}_block_{block}")(x, train=train)
+                       conv_impl=self.conv_impl, name=f"stage_{stage}_block_{block}")(x, train=train)
     x = x.mean(axis=(1, 2))  # global average pooling
     return nn.Dense(self.num_classes, kernel_init=get_initializer("lecun_normal"),
                     bias_init=get_initializer(self.bias_init), name="head")(x)
