@@ -46,9 +46,10 @@ class MetricsLog:
 class Progress:
   """Steady-state rate and ETA. The clock starts after the first (compiling) step."""
 
-  def __init__(self, total_steps: int, batch_size: int):
+  def __init__(self, total_steps: int, batch_size: int, tokens_per_example: int | None = None):
     self.total_steps = total_steps
     self.batch_size = batch_size
+    self.tokens_per_example = tokens_per_example  # language models: also report tokens/s
     self._start_time: float | None = None
     self._start_step = 0
     self._paused_at: float | None = None
@@ -86,4 +87,7 @@ class Progress:
     if not np.isfinite(rate):
       return f"{self.bar(step)} | ETA --"
     eta = datetime.timedelta(seconds=round((self.total_steps - step) / rate))
-    return f"{self.bar(step)} | {rate * self.batch_size:,.0f} ex/s | ETA {eta}"
+    speed = f"{rate * self.batch_size:,.0f} ex/s"
+    if self.tokens_per_example:
+      speed += f" {rate * self.batch_size * self.tokens_per_example:,.0f} tokens/s"
+    return f"{self.bar(step)} | {speed} | ETA {eta}"

@@ -27,7 +27,8 @@ LAYER_TYPES = {  # Flax/bigjax class name -> the report's layer type
     "Dense": "dense", "DenseGeneral": "dense", "Conv": "conv",
     "BatchNorm": "normalisation", "LayerNorm": "normalisation", "GroupNorm": "normalisation",
     "RMSNorm": "normalisation", "MultiHeadDotProductAttention": "attention",
-    "MultiHeadAttention": "attention", "SelfAttention": "attention", "Embed": "embedding",
+    "MultiHeadAttention": "attention", "SelfAttention": "attention",
+    "CausalSelfAttention": "attention", "Embed": "embedding",
     "MaxPool": "pooling", "AvgPool": "pooling", "Activation": "activation",
     "Flatten": "flatten", "Dropout": "dropout",
 }
@@ -157,11 +158,31 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
               and not layer["path"].split("/")[-1].startswith("shortcut"))
   return {
       "model": type(model).__name__, "input_shape": list(example_x.shape[1:]),
-      "layers": layers, "by_type": totals,
+      "layers": layers, "by_type": totals, "blocks": _blocks(layers),
       "trainable_params": trainable, "non_trainable_params": non_trainable,
       "param_bytes": int(param_bytes), "depth": depth, "depth_definition": DEPTH_DEFINITION,
       "flops_per_example": sum(layer["flops_per_example"] for layer in layers),
   }
+
+
+def _blocks(layers: list[dict]) -> list[dict]:
+  """Trainable parameters per layer type of each top-level module that holds several
+  layers (a Transformer's or ResNet's blocks), in model order; [] for flat models."""
+  groups: dict[str, list[dict]] = {}
+  for layer in layers:
+    parts = layer["path"].split("/")
+    if len(parts) > 1:
+      groups.setdefault(parts[0], []).append(layer)
+  blocks = []
+  for name, members in groups.items():
+    by_type: dict[str, int] = {}
+    for layer in members:
+      if layer["trainable"]:  # parameter-free layers (activations, dropout) add nothing
+        by_type[layer["type"]] = by_type.get(layer["type"], 0) + layer["trainable"]
+    blocks.append({"block": name, "by_type": by_type,
+                   "trainable": sum(layer["trainable"] for layer in members),
+                   "flops_per_example": sum(layer["flops_per_example"] for layer in members)})
+  return blocks if len(blocks) > 1 else []
 
 
 def _shape(shape) -> str:
@@ -190,6 +211,15 @@ def to_markdown(report: dict, title: str = "") -> str:
     t = report["by_type"].get(layer_type, EMPTY_TOTALS)
     lines.append(f"| {layer_type} | {t['layers']} | {t['trainable']:,} | "
                  f"{t['non_trainable']:,} | {t['flops_per_example']:,} |")
+  blocks = report.get("blocks") or []
+  if blocks:  # e.g. a GPT block's attention, MLP (dense) and normalisation parameters
+    types = [t for t in order if any(t in b["by_type"] for b in blocks)]
+    lines += ["", "| block | " + " | ".join(types) + " | trainable | FLOPs/example |",
+              "|---" * (len(types) + 3) + "|"]
+    for b in blocks:
+      lines.append(f"| {b['block']} | " + " | ".join(
+          f"{b['by_type'].get(t, 0):,}" for t in types) +
+          f" | {b['trainable']:,} | {b['flops_per_example']:,} |")
   return "\n".join(lines) + "\n"
 
 

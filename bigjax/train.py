@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 import bigjax
-from bigjax import (artifacts, checkpoint, data as data_lib, finetune, lora,
+from bigjax import (artifacts, checkpoint, compilation, data as data_lib, finetune, lora,
                     metrics as metrics_lib, parallel, precision, tensorboard, termination,
                     validate)
 from bigjax.data import augment as augment_lib, feed
@@ -474,7 +474,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f", {k} steps per call" if k > 1 else "", total_steps)
 
   # --------------------------------------------------------------- loop
-  progress = Progress(total_steps, batch_size)
+  is_lm = config.model.name == "gpt"
+  seq_len = int(setup.data.train.images.shape[1]) if is_lm else None
+  progress = Progress(total_steps, batch_size, tokens_per_example=seq_len)
   pending: list[tuple[int, dict]] = []  # device metrics, fetched at log time, not per step
   log_every = config.train.log_every_steps
   train_seconds = compile_seconds
@@ -587,6 +589,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   signals = SaveOnSignal()
   signals.install()
   batches = None  # the host path's prefetcher for the current epoch
+  # Every function the loop needs compiles in its first epoch (train step, evaluation,
+  # checkpoint copies); a compilation in a later epoch means something retraces each time.
+  compiles = compilation.CompileCounter().__enter__()
+  compiles_per_epoch: list[int] = []
   try:
     while step < total_steps:
       order = data_lib.epoch_permutation(config.seed, epoch, n_train)
@@ -644,6 +650,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       t_eval = time.perf_counter()
       stopped = end_of_epoch(epoch)
       eval_seconds += time.perf_counter() - t_eval
+      compiles_per_epoch.append(compiles.count - sum(compiles_per_epoch))
+      if len(compiles_per_epoch) > 1 and compiles_per_epoch[-1]:
+        logging.warning(
+            "%d XLA compilation(s) in epoch %d, after the first epoch: something is traced "
+            "again each epoch (new shapes, dtypes or Python values), which costs time. "
+            "JAX_LOG_COMPILES=1 names what compiles.", compiles_per_epoch[-1], epoch + 1)
       progress.resume()
       t_segment = time.perf_counter()
       epoch += 1
@@ -653,6 +665,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if signals.received is not None and step < total_steps:
         signals.stop(manager, step)  # the epoch's end saved
   finally:
+    compiles.__exit__()
     signals.uninstall()
     if batches is not None:
       batches.close()
@@ -687,11 +700,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "eval_seconds": eval_seconds,
       "steady_examples_per_second": steady if np.isfinite(steady) else None,
       "resumed_from_step": resumed_from, "stopped_early": stopped, "best_checkpoint": best,
+      # XLA compilations in each epoch this run trained (the first includes evaluation's)
+      "compilations_per_epoch": compiles_per_epoch,
       "metrics": final, "environment": _environment(),
   }
-  if config.model.name == "gpt" and steady and np.isfinite(steady):  # language models
+  if is_lm and steady and np.isfinite(steady):
     from bigjax import mfu
-    seq_len = int(setup.data.train.images.shape[1])
     results["tokens_per_second"] = steady * seq_len
     results["model_flops_per_token"] = mfu.gpt_flops_per_token(config.model, seq_len)
     results["mfu"] = mfu.utilisation(results["tokens_per_second"],

@@ -259,6 +259,10 @@ def test_progress_bar_and_eta_leave_out_compilation_and_evaluation(monkeypatch):
   progress.resume()
   assert progress.bar(21) == "[####----------------]  21%"
   assert progress.line(21).endswith("| 100 ex/s | ETA 0:00:08")  # 79 steps at 10/s
+  lm = reporting.Progress(total_steps=100, batch_size=10, tokens_per_example=256)
+  lm.start(step=0)
+  clock[0] += 1.0  # 10 steps of 10 sequences of 256 tokens in 1 s
+  assert lm.line(10).endswith("| 100 ex/s 25,600 tokens/s | ETA 0:00:09")
 
 
 def test_a_run_without_a_validation_split_keeps_no_best_checkpoint(tmp_path):

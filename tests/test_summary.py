@@ -108,3 +108,25 @@ def test_vit_reports_attention_as_one_layer_and_every_parameter():
   # patch embedding + 2 x (attention + 2 MLP dense) + head
   assert report["depth"] == 1 + 2 * 3 + 1
   assert report["layers"][0]["path"] == "(top level) class_token, position_embedding"
+
+
+def test_gpt_reports_attention_mlp_and_norm_parameters_per_block():
+  d, ratio, vocab, n = 32, 4, 256, 16
+  model = build_model(dict(name="gpt", vocab_size=vocab, context_length=n, hidden_size=d,
+                           depth=2, num_heads=4, mlp_ratio=float(ratio), positions="learned",
+                           norm="layer", tie_embeddings=True))
+  x = jnp.zeros((1, n), jnp.int32)
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), x))
+  report = summary.summarize(model, variables, x)
+  assert sum(layer["trainable"] for layer in report["layers"]) == report["trainable_params"]
+  attention = 4 * (d * d + d)                              # q, k, v and output projections
+  mlp = (d * ratio * d + ratio * d) + (ratio * d * d + d)  # mlp_in, mlp_out
+  norms = 2 * 2 * d                                        # two LayerNorms: scale, bias
+  assert [b["block"] for b in report["blocks"]] == ["block_0", "block_1"]
+  for block in report["blocks"]:
+    assert block["by_type"] == {"attention": attention, "dense": mlp, "normalisation": norms}
+    assert block["trainable"] == attention + mlp + norms
+  assert report["by_type"]["embedding"]["trainable"] == vocab * d + n * d  # tokens, positions
+  markdown = summary.to_markdown(report)
+  assert (f"| block_1 | {mlp:,} | {norms:,} | {attention:,} | {attention + mlp + norms:,} |"
+          in markdown)

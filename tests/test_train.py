@@ -88,6 +88,33 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed["test_loss"] == straight["test_loss"]
 
 
+@pytest.mark.parametrize("variant", ["mlp", "cnn"])
+def test_nothing_compiles_after_the_first_epoch(variant, tmp_path):
+  """Train step, evaluation and checkpointing all compile in epoch 1; epochs 2-4 only run
+  (with a checkpoint every epoch, and a log interval that is not a multiple of the epoch)."""
+  config = digits.get_config(variant)
+  with config.unlocked():
+    config.train.num_epochs = 4
+    config.train.log_every_steps = 7
+    config.checkpoint.min_interval_seconds = 0
+  results = train.run(config, str(tmp_path))
+  compiles = results["compilations_per_epoch"]
+  assert len(compiles) == 4 and compiles[0] > 0, compiles
+  assert compiles[1:] == [0, 0, 0], compiles
+
+
+def test_compile_counter_counts_compilations_not_cached_calls():
+  from bigjax.compilation import CompileCounter
+  f = jax.jit(lambda x: x * 3 + 1)
+  with CompileCounter() as compiles:
+    f(np.ones(3, np.float32))
+    f(np.ones(3, np.float32))  # cached
+    f(np.ones(4, np.float32))  # a new shape compiles again
+  assert compiles.count == 2 and compiles.seconds > 0
+  f(np.ones(5, np.float32))  # after the block: not counted
+  assert compiles.count == 2
+
+
 def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
   workdir = tmp_path / "run"
   proc = _run_py("--config=configs/digits.py", f"--workdir={workdir}",
