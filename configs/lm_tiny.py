@@ -3,6 +3,7 @@ CPU in minutes.
 
   python run.py --config=configs/lm_tiny.py            # Debian's fortunes (apt-get install fortunes)
   python run.py --config=configs/lm_tiny.py --config.data.path=my_corpus.txt
+  python run.py --config=configs/lm_tiny.py:tiny_shakespeare   # TFDS by name (network)
   python run.py --mode=sample --workdir=runs/lm_tiny --prompt="The meaning of life"
 
 4 pre-LayerNorm blocks of width 128 and 4 heads, learned positions, a tied head (about
@@ -21,9 +22,13 @@ FORTUNES = "/usr/share/games/fortunes"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  small = arg == "small"
-  if arg not in (None, "", "small"):
-    raise ValueError(f'Unknown variant "{arg}": use nothing or "small".')
+  tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  small = "small" in tokens
+  tfds_name = next((t for t in tokens if t != "small"), None)
+  if tfds_name not in (None, "tiny_shakespeare", "lm1b"):
+    raise ValueError(f'Unknown variant "{arg}": use nothing, "small", "tiny_shakespeare" or '
+                     '"lm1b" (TFDS text datasets; any other: --config.data.source=tfds_text '
+                     "--config.data.name=NAME), comma-separated.")
   config = mnist.base_config("mlp", small=False)
   config.model = dict(name="gpt", vocab_size=256, context_length=128, hidden_size=128,
                       depth=4, num_heads=4, mlp_ratio=4.0, dropout_rate=0.0,
@@ -31,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.update(source="text", name="text", path=FORTUNES, download=False,
                      validation_fraction=0.05, test_fraction=0.05)
   config.data.seq_len = 128
+  if tfds_name:  # TFDS's own train and test splits; validation: the end of train
+    config.data.update(source="tfds_text", name=tfds_name, path="", download=True)
   config.loss.name = "token_cross_entropy"
   config.optimizer.update(name="adamw", learning_rate=3e-3, weight_decay=0.1, clip_norm=1.0)
   config.optimizer.schedule.update(name="cosine", warmup_steps=200)

@@ -173,6 +173,33 @@ def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
   assert (tmp_path / "run" / "samples.txt").read_text().count("---") == 1
 
 
+def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  config = lm_tiny.get_config("small,tiny_shakespeare")
+  assert (config.data.source, config.data.name) == ("tfds_text", "tiny_shakespeare")
+  with config.unlocked():
+    config.train.num_steps = 5
+    config.train.batch_size = 8
+    config.report.plots = config.report.html = False
+  with tfds.testing.mock_data(num_examples=400):  # short random strings
+    raw = sources.load_raw(config.data)
+    expected = b"".join(
+        (ex["text"].encode() if isinstance(ex["text"], str) else ex["text"]) + b"\n"
+        for ex in tfds.builder("tiny_shakespeare").as_data_source(split="train"))
+    results = train.run(config, str(tmp_path))
+  stream = raw.train_images.ravel()  # consecutive windows of the stream
+  assert bytes(stream.astype(np.uint8)) == expected[:len(stream)]  # the text, in order
+  assert raw.validation_images is not None and results["steps"] == 5
+  assert np.isfinite(results["metrics"]["test"]["loss"])
+  with pytest.raises(ConfigError, match='TFDS "mnist" has no single text feature'):
+    with tfds.testing.mock_data(num_examples=4):
+      sources.load_raw(dict(config.data, name="mnist"))
+  from bigjax.data.tfds_source import DatasetUnavailableError
+  offline = dict(config.data, download=False, data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(DatasetUnavailableError, match="(?s)not prepared.*--config.data.source=text"):
+    sources.load_raw(offline)
+
+
 def test_lm_bad_input(tmp_path):
   from bigjax import sample
   bad = tmp_path / "latin1.txt"

@@ -215,12 +215,34 @@ def load_text(data_config: Mapping[str, Any]) -> RawData:
   if not data_config.get("path"):
     raise ConfigError("config.data.source='text' needs config.data.path: a text file or a "
                       "folder of them (offline demo: apt-get install fortunes, then "
-                      "--config.data.path=/usr/share/games/fortunes).")
-  stream = np.frombuffer(text.read_utf8(text.text_files(data_config["path"])),
-                         np.uint8).astype(np.int32)
-  seq_len = int(data_config.get("seq_len", 128))
+                      "--config.data.path=/usr/share/games/fortunes). For a TFDS text "
+                      "dataset by name use config.data.source='tfds_text'.")
+  stream = _byte_tokens(text.read_utf8(text.text_files(data_config["path"])))
   train, validation, test = text.split_by_position(
       stream, data_config["validation_fraction"], data_config.get("test_fraction", 0.1))
+  return _token_windows(train, validation, test, data_config)
+
+
+@register_source("tfds_text")
+def load_tfds_text(data_config: Mapping[str, Any]) -> RawData:
+  """A TFDS text dataset by name (`name`: tiny_shakespeare, lm1b, ...) as byte-level
+  tokens: the train_split's text (its last validation_fraction held out, by position) and
+  the test_split's, packed into windows of `seq_len` + 1."""
+  from bigjax.data import text
+  read = lambda split: _byte_tokens(tfds_source.load_tfds_text(
+      data_config["name"], split, data_config["data_dir"] or None, data_config["download"]))
+  train, validation, _ = text.split_by_position(read(data_config["train_split"]),
+                                                data_config["validation_fraction"], 0.0)
+  return _token_windows(train, validation, read(data_config["test_split"]), data_config)
+
+
+def _byte_tokens(data: bytes) -> np.ndarray:
+  return np.frombuffer(data, np.uint8).astype(np.int32)
+
+
+def _token_windows(train, validation, test, data_config) -> RawData:
+  from bigjax.data import text
+  seq_len = int(data_config.get("seq_len", 128))
   train_x, train_y = text.windows(train, seq_len)
   test_x, test_y = text.windows(test, seq_len)
   val = text.windows(validation, seq_len) if len(validation) > seq_len else (None, None)

@@ -54,14 +54,19 @@ def read_utf8(paths: list[str]) -> bytes:
   for path in paths:
     with open(path, "rb") as f:
       data = f.read()
-    try:
-      data.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise ConfigError(f"{path} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) "
-                        f"cannot be decoded ({e.reason}). Convert it (e.g. iconv -t UTF-8) "
-                        "or leave it out.") from None
+    check_utf8(data, path)
     chunks.append(data if data.endswith(b"\n") else data + b"\n")
   return b"".join(chunks)
+
+
+def check_utf8(data: bytes, where: str) -> None:
+  """An error naming `where` and the first byte that is not UTF-8."""
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{where} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) "
+                      f"cannot be decoded ({e.reason}). Convert it (e.g. iconv -t UTF-8) "
+                      "or leave it out.") from None
 
 
 def windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import socket
 
 import numpy as np
 
+from bigjax.data.text import check_utf8
 from bigjax.registry import ConfigError, did_you_mean
 
 # The host TFDS downloads dataset metadata and most image datasets from.
@@ -29,16 +30,22 @@ def _network_reachable() -> bool:
     return False
 
 
-def _not_prepared_message(name: str, data_dir: str | None, why: str) -> str:
+_LOCAL_IMAGES = ("  * use a local source: --config.data.source=idx --config.data.path=FOLDER_WITH_IDX_FILES "
+                 "(Fashion-MNIST: `apt-get install dataset-fashion-mnist`, then "
+                 "--config.data.path=/usr/share/datasets/fashion-mnist), or configs/fashion_mnist.py.")
+_LOCAL_TEXT = ("  * use local text: --config.data.source=text --config.data.path=FILE_OR_FOLDER "
+               "(offline demo: `apt-get install fortunes`, then configs/lm_tiny.py as it is).")
+
+
+def _not_prepared_message(name: str, data_dir: str | None, why: str,
+                          local: str = _LOCAL_IMAGES) -> str:
   where = data_dir or "~/tensorflow_datasets"
   return (
       f'TFDS dataset "{name}" is not prepared in {where} and {why}. Either:\n'
       f"  * prepare it where there is network (pip install 'bigjax[tf]'; python -c "
       f"\"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare("
       f"file_format='array_record')\") and point --config.data.data_dir at that folder; or\n"
-      "  * use a local source: --config.data.source=idx --config.data.path=FOLDER_WITH_IDX_FILES "
-      "(Fashion-MNIST: `apt-get install dataset-fashion-mnist`, then "
-      "--config.data.path=/usr/share/datasets/fashion-mnist), or configs/fashion_mnist.py.")
+      + local)
 
 
 def _builder(name: str, data_dir: str | None):
@@ -102,40 +109,74 @@ def _stack(images: list, name: str, split: str, size) -> np.ndarray:
   return np.stack(images)
 
 
+def _prepared_examples(builder, name: str, split: str, data_dir: str | None,
+                       download: bool, local: str = _LOCAL_IMAGES) -> list | None:
+  """The split's examples through the random-access data source, preparing the dataset
+  first when allowed and the network is there; None when it is prepared in a format only
+  TensorFlow reads (tfrecord)."""
+  try:
+    return _read_with_data_source(builder, split)  # also what tfds.testing.mock_data serves
+  except Exception:  # pylint: disable=broad-except
+    pass
+  if builder.is_prepared():
+    return None
+  if not download:
+    raise DatasetUnavailableError(
+        _not_prepared_message(name, data_dir, "downloads are off (config.data.download=False)",
+                              local))
+  if not _network_reachable():
+    raise DatasetUnavailableError(
+        _not_prepared_message(name, data_dir, "the network is unreachable", local))
+  try:
+    _disable_tf_gpu()
+  except ImportError as e:
+    raise DatasetUnavailableError(
+        f'Preparing TFDS dataset "{name}" needs TensorFlow: pip install "bigjax[tf]".') from e
+  builder.download_and_prepare(file_format="array_record")
+  return _read_with_data_source(builder, split)
+
+
+def load_tfds_text(name: str, split: str, data_dir: str | None, download: bool) -> bytes:
+  """The UTF-8 text of one split of a TFDS text dataset (e.g. tiny_shakespeare, lm1b): its
+  examples' text feature, one after another, each ending in a newline."""
+  builder = _builder(name, data_dir)
+  features = builder.info.features
+  text_keys = [k for k, f in features.items() if type(f).__name__ == "Text"]
+  key = "text" if "text" in text_keys else (text_keys[0] if len(text_keys) == 1 else None)
+  if key is None:
+    raise ConfigError(f'TFDS "{name}" has no single text feature to train a language model on '
+                      f"(features: {', '.join(features.keys())}).")
+  examples = _prepared_examples(builder, name, split, data_dir, download, _LOCAL_TEXT)
+  if examples is None:
+    _disable_tf_gpu()
+    import tensorflow_datasets as tfds
+    texts = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))[key])
+  else:
+    texts = [ex[key] for ex in examples]
+  if not texts:
+    raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
+  chunks = []
+  for i, t in enumerate(texts):
+    data = t.encode("utf-8") if isinstance(t, str) else bytes(t)
+    check_utf8(data, f'TFDS "{name}" split "{split}" example {i}')
+    chunks.append(data if data.endswith(b"\n") else data + b"\n")
+  return b"".join(chunks)
+
+
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
                     image_key: str = "image", label_key: str = "label", size=None):
   """(images [N, H, W, C], labels int32 [N], class_names) of one TFDS split, each image
   resized to size=(H, W) when given."""
   builder = _builder(name, data_dir)
-  try:
-    examples = _read_with_data_source(builder, split)  # also what tfds.testing.mock_data serves
-  except Exception:  # pylint: disable=broad-except
-    examples = None
+  examples = _prepared_examples(builder, name, split, data_dir, download)
   if examples is None:
-    if not builder.is_prepared():
-      if not download:
-        raise DatasetUnavailableError(
-            _not_prepared_message(name, data_dir, "downloads are off (config.data.download=False)"))
-      if not _network_reachable():
-        raise DatasetUnavailableError(
-            _not_prepared_message(name, data_dir, "the network is unreachable"))
-      try:
-        _disable_tf_gpu()
-      except ImportError as e:
-        raise DatasetUnavailableError(
-            f'Preparing TFDS dataset "{name}" needs TensorFlow: pip install "bigjax[tf]".') from e
-      builder.download_and_prepare(file_format="array_record")
-      examples = _read_with_data_source(builder, split)
-    else:
-      batch = _read_with_tensorflow(builder, split, size, image_key)
-      examples = None
-  if examples is not None:
+    batch = _read_with_tensorflow(builder, split, size, image_key)
+    images, labels = np.asarray(batch[image_key]), np.asarray(batch[label_key])
+  else:
     if not examples:
       raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
     images = _stack([ex[image_key] for ex in examples], name, split, size)
     labels = np.asarray([ex[label_key] for ex in examples])
-  else:
-    images, labels = np.asarray(batch[image_key]), np.asarray(batch[label_key])
   if images.ndim == 3:
     images = images[..., None]
   label_feature = builder.info.features[label_key]
