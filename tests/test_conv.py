@@ -92,6 +92,8 @@ def test_conv_module_bfloat16_compute_keeps_float32_params():
 
 def test_conv_impl_names():
   assert resolve_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+  assert resolve_impl("auto", padded=True) == "xla"
+  assert resolve_impl("im2col", padded=True) == "im2col"
   with pytest.raises(ValueError, match='conv_impl "fft".*auto, xla, im2col'):
     resolve_impl("fft")
   with pytest.raises(ValueError, match='padding "CIRCULAR"'):

@@ -30,9 +30,10 @@ def _network_reachable() -> bool:
     return False
 
 
-_LOCAL_IMAGES = ("  * use a local source: --config.data.source=idx --config.data.path=FOLDER_WITH_IDX_FILES "
-                 "(Fashion-MNIST: `apt-get install dataset-fashion-mnist`, then "
-                 "--config.data.path=/usr/share/datasets/fashion-mnist), or configs/fashion_mnist.py.")
+_LOCAL_IMAGES = ("  * use a local source: --config.data.source=idx "
+                 "--config.data.path=FOLDER_WITH_IDX_FILES (Fashion-MNIST: `apt-get install "
+                 "dataset-fashion-mnist`, then --config.data.path=/usr/share/datasets/"
+                 "fashion-mnist), or configs/fashion_mnist.py.")
 _LOCAL_TEXT = ("  * use local text: --config.data.source=text --config.data.path=FILE_OR_FOLDER "
                "(offline demo: `apt-get install fortunes`, then configs/lm_tiny.py as it is).")
 

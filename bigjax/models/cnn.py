@@ -29,7 +29,7 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
   bias_init: str = "zeros"
-  conv_impl: str = "auto"  # auto (im2col on CPUs, XLA's convolution elsewhere) | xla | im2col
+  conv_impl: str = "auto"  # auto (CPUs: im2col when unpadded) | xla | im2col
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:

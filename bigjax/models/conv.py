@@ -9,7 +9,12 @@ leaves the input gradient to XLA's transposed convolution, which is fast. Same m
 summation order: equal to `lax.conv_general_dilated` to float rounding (tested).
 
 The columns are kept for the backward pass, kh*kw times the input's size, so `"auto"` uses
-im2col only where it pays: on the CPU. GPUs and TPUs keep XLA's convolution (cuDNN, MXU).
+im2col only where it was measured to pay: on CPUs, for unpadded ('VALID') convolutions.
+Fwd+bwd of one layer on this project's 2-core CPU, XLA vs im2col: the lessons' CNN layers
+(VALID) 4.9 vs 2.7 ms and 12.2 vs 7.4 ms; ResNet-20's padded ('SAME') 3x3 layers at batch
+128: 28x28x16 16.9 vs 51.9 ms, 14x14x32 17.9 vs 34.8 ms, 7x7x64 17.3 vs 12.7 ms (XLA:CPU
+handles padded convolutions far better than unpadded ones). GPUs and TPUs keep XLA's
+convolution (cuDNN, MXU).
 """
 
 from __future__ import annotations
@@ -89,26 +94,27 @@ def _im2col_backward(strides, residuals, g_BxOHxOWxO):
 im2col_conv.defvjp(_im2col_forward, _im2col_backward)
 
 
-def resolve_impl(impl: str) -> str:
-  """'xla' or 'im2col' for this backend; unknown names fail listing the known ones."""
+def resolve_impl(impl: str, padded: bool = False) -> str:
+  """'xla' or 'im2col' for this backend and padding; unknown names fail listing the known
+  ones."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl "{impl}": use one of {", ".join(CONV_IMPLS)} ("auto": '
-                     "im2col on CPUs, XLA's convolution elsewhere).")
+                     "im2col for unpadded convolutions on CPUs, XLA's convolution otherwise).")
   if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "im2col" if jax.default_backend() == "cpu" and not padded else "xla"
   return impl
 
 
 def conv2d(x_BxHxWxC: jax.Array, kernel_HWIO: jax.Array, strides: tuple[int, int] = (1, 1),
            padding: str | Sequence[tuple[int, int]] = "VALID", impl: str = "auto") -> jax.Array:
   """NHWC x HWIO convolution, as `lax.conv_general_dilated`, by `impl` ('auto', 'xla' or
-  'im2col'). padding: 'SAME', 'VALID' or ((top, bottom), (left, right))."""
+  'im2col'; see `resolve_impl`). padding: 'SAME', 'VALID' or ((top, bottom), (left, right))."""
   strides = tuple(strides)
   if isinstance(padding, str):
     pads = lax.padtype_to_pads(x_BxHxWxC.shape[1:3], kernel_HWIO.shape[:2], strides, padding)
   else:
     pads = [tuple(p) for p in padding]
-  if resolve_impl(impl) == "xla":
+  if resolve_impl(impl, padded=any(p != (0, 0) for p in pads)) == "xla":
     return lax.conv_general_dilated(x_BxHxWxC, kernel_HWIO, strides, pads,
                                     dimension_numbers=_DIMENSIONS)
   if any(p != (0, 0) for p in pads):

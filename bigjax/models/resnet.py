@@ -65,7 +65,7 @@ class ResNet(nn.Module):
   kernel_init: str = "he_normal"
   bias_init: str = "zeros"
   norm_momentum: float = 0.9
-  conv_impl: str = "auto"  # auto (im2col on CPUs, XLA's convolution elsewhere) | xla | im2col
+  conv_impl: str = "auto"  # auto (CPUs: im2col when unpadded) | xla | im2col
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -92,7 +92,8 @@ class ResNet(nn.Module):
         x = BasicBlock(features, strides=2 if stage > 0 and block == 0 else 1,
                        shortcut=self.shortcut, activation=self.activation,
                        kernel_init=self.kernel_init, norm_momentum=self.norm_momentum,
-                       conv_impl=self.conv_impl, name=f"stage_{stage}_block_{block}")(x, train=train)
+                       conv_impl=self.conv_impl,
+                       name=f"stage_{stage}_block_{block}")(x, train=train)
     x = x.mean(axis=(1, 2))  # global average pooling
     return nn.Dense(self.num_classes, kernel_init=get_initializer("lecun_normal"),
                     bias_init=get_initializer(self.bias_init), name="head")(x)
