@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigjax import checkpoint, cli, train  # noqa: E402
 from bigjax.steps import create_train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+from _report import emit  # noqa: E402  (bench/ is the script's folder)
 
 
 def make_state(num_params: int):
@@ -122,10 +123,7 @@ def main():
                    f"{100 * r['save_seconds'] / r['train_seconds']:.1f}% |")
       print(lines[-1], flush=True)
   text = "\n".join(lines) + "\n"
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text)
+  emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import platform
 import subprocess
 import sys
 
+from _report import emit  # bench/ is the script's folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (config, whether it needs TFDS mock data)
 CONFIGS = [
@@ -75,10 +77,7 @@ def main():
       f"{platform.machine()}, {os.cpu_count()} cores; the train step's first compile, in a "
       "fresh process (bench/compile_times.py).", "",
       "| config | parameters | train step compile |", "|---|---|---|", *rows]) + "\n"
-  print(table)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(table)
+  emit(table, args.out)
 
 
 if __name__ == "__main__":

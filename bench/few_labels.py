@@ -19,6 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigjax import cli, train  # noqa: E402
 from configs import fashion_mnist_fewlabels, fashion_mnist_pretrain  # noqa: E402
+from _report import emit  # noqa: E402  (bench/ is the script's folder)
 
 
 def main():
@@ -54,10 +55,7 @@ def main():
   gain = statistics.mean(rows["pre-trained encoder"]) - statistics.mean(rows["scratch"])
   lines += ["", f"Pre-training changes mean test accuracy by {gain * 100:+.2f} points."]
   text = "\n".join(lines) + "\n"
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text)
+  emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigjax import cli, data as data_lib, train  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+from _report import emit  # noqa: E402  (bench/ is the script's folder)
 
 
 def pure_ms_per_step(config, repeats: int = 5, calls: int = 100) -> float:
@@ -68,10 +68,7 @@ def main():
       "fixed indices (best of 5 x 100 calls).", "",
       "| workload | batch | steps per call | driver step | pure compute step | busy |",
       "|---|---|---|---|---|---|", *rows]) + "\n"
-  print(table)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(table)
+  emit(table, args.out)
 
 
 if __name__ == "__main__":

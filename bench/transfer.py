@@ -20,6 +20,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigjax import cli, train  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+from _report import emit  # noqa: E402  (bench/ is the script's folder)
 
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
@@ -87,10 +88,7 @@ def main():
     lines.append(f"| {name} | {trainable[name]:,} | {', '.join(f'{v:.4f}' for v in values)} | "
                  f"{statistics.mean(values):.4f} |")
   text = "\n".join(lines) + "\n"
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text)
+  emit(text, args.out)
 
 
 if __name__ == "__main__":
