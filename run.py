@@ -1,11 +1,13 @@
 """bigjax's entry point.
 
   python run.py --config=configs/mnist.py [--config.optimizer.learning_rate=3e-4] \
-      [--workdir=runs/mnist] [--mode=train|eval|predict|summary]
+      [--workdir=runs/mnist] [--mode=train|eval|predict|summary] [--compilation_cache=DIR]
   python run.py --mode=eval --workdir=runs/mnist [--step=best] [--split=test]
   python run.py --mode=predict --workdir=runs/mnist [--split=test | image.png ...]
   python run.py --mode=sample --workdir=runs/lm_tiny --prompt="Once upon" [--temperature=0.8]
 """
+
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,6 +23,11 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary", "samp
                   "predict: write a checkpoint's predictions for a split or for image files "
                   "given as arguments. summary: the per-layer depth and parameter report, "
                   "without training. sample: text from a language model's checkpoint.")
+flags.DEFINE_string(
+    "compilation_cache", os.environ.get("BIGJAX_COMPILATION_CACHE", "~/.cache/bigjax/jax"),
+    "Where compiled XLA programs are kept between runs, so a second run of the same config "
+    "skips most of its compile time; empty turns the cache off. Default: "
+    "$BIGJAX_COMPILATION_CACHE, else ~/.cache/bigjax/jax.")
 flags.DEFINE_string("split", None, "eval: comma-separated splits (default: config.eval.at_end)."
                     " predict: one split (default: test).")
 flags.DEFINE_string("step", "latest",

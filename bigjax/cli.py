@@ -30,6 +30,10 @@ def _quiet_logs() -> None:
 
 def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   _quiet_logs()
+  from bigjax import compilation
+  cache = compilation.enable_persistent_cache(flag_values.compilation_cache)
+  if cache:
+    py_logging.getLogger("bigjax").info("compilation cache: %s", cache)
   config = flag_values.config
   if config is not None:  # before anything touches the devices
     from bigjax import parallel

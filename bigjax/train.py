@@ -438,6 +438,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   k = setup.steps_per_call
   compiled: dict = {}
   compile_seconds = 0.0
+  from_cache = [0]  # executables the persistent compilation cache supplied
   # Shapes only: the live state's buffers are donated to each call, so lower from these.
   state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=x.sharding), state)
@@ -449,6 +450,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal compile_seconds
     if steps not in compiled:
       t_compile = time.perf_counter()
+      counter = compilation.CompileCounter().__enter__()
       if pmap:  # indices [devices, batch / devices]
         shape = (len(setup.devices), batch_size // len(setup.devices))
         compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,
@@ -464,13 +466,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      (setup.train_many_on_indices, (steps, batch_size)))
         compiled[steps] = fn.lower(state_spec, train_images, train_labels,
                                    np.zeros(shape, np.int32)).compile()
+      counter.__exit__()
       compile_seconds += time.perf_counter() - t_compile
+      from_cache[0] += counter.cache_loads
     return compiled[steps]
 
   if step < total_steps:
     compiled_step(k)
-    logging.info("train step compiled in %.2f s; %d steps per epoch of %d, batch %d%s; "
-                 "%d steps in all", compile_seconds, steps_per_epoch, n_train, batch_size,
+    logging.info("train step %s in %.2f s; %d steps per epoch of %d, batch %d%s; "
+                 "%d steps in all",
+                 "loaded from the compilation cache" if from_cache[0] else "compiled",
+                 compile_seconds, steps_per_epoch, n_train, batch_size,
                  f", {k} steps per call" if k > 1 else "", total_steps)
 
   # --------------------------------------------------------------- loop

@@ -20,3 +20,8 @@ def fashion_mnist_dir():
     pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install "
                 "dataset-fashion-mnist); .ci/run installs it.")
   return DEBIAN_FASHION_MNIST
+
+# run.py keeps compiled programs in ~/.cache/bigjax/jax by default; tests that start run.py
+# must neither write there nor depend on what an earlier run left, so the cache is off
+# unless a test turns it on.
+os.environ["BIGJAX_COMPILATION_CACHE"] = ""

@@ -115,6 +115,35 @@ def test_compile_counter_counts_compilations_not_cached_calls():
   assert compiles.count == 2
 
 
+def test_second_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
+  cache = tmp_path / "cache"
+  args = ("--config=configs/digits.py", "--config.train.num_epochs=1",
+          f"--compilation_cache={cache}")
+  first = _run_py(*args, f"--workdir={tmp_path / 'a'}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "train step compiled in" in first.stderr and any(cache.iterdir())
+  second = _run_py(*args, f"--workdir={tmp_path / 'b'}")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "train step loaded from the compilation cache in" in second.stderr
+  a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in "ab")
+  assert a["metrics"] == b["metrics"]  # the same program, so the same numbers
+  # A loaded executable still counts as a compilation: it was traced and lowered again.
+  assert b["compilations_per_epoch"][0] > 0
+
+  off = _run_py(*args[:2], "--compilation_cache=", f"--workdir={tmp_path / 'c'}")
+  assert off.returncode == 0 and "train step compiled in" in off.stderr, off.stderr[-3000:]
+
+
+def test_compilation_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
+  from bigjax.compilation import enable_persistent_cache
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with caplog.at_level("WARNING", logger="bigjax"):
+    assert enable_persistent_cache(str(blocker / "cache")) is None
+  assert "compilation cache off" in caplog.text and "--compilation_cache" in caplog.text
+  assert enable_persistent_cache("") is None
+
+
 def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
   workdir = tmp_path / "run"
   proc = _run_py("--config=configs/digits.py", f"--workdir={workdir}",
