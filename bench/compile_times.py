@@ -7,7 +7,8 @@ includes XLA's start-up as a user's first run does, twice: first with an empty p
 compilation cache (cold: what a first run costs), then in a second fresh process with the
 cache the first one filled (warm: what run.py's cache saves on a second run of a config).
 Reported: the train step's compile time (what the driver logs as "train step compiled in"
-or "loaded from the compilation cache in"; tracing and lowering included). That nothing compiles after the first
+or "loaded from the compilation cache in"; tracing and lowering included), and in brackets
+the model's initialisation before it (results.json's init_seconds, mostly compilation). That nothing compiles after the first
 epoch is a test (tests/test_train.py), not a benchmark. Configs whose data is not offline
 (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the same shapes;
 configs/lm_small.py and lm_1b.py are left out: they are for accelerators (lm_small's first
@@ -54,6 +55,7 @@ if {mock!r}:
 with context, tempfile.TemporaryDirectory() as tmp:
   results = train.run(config, tmp)
 print(json.dumps({{"compile_seconds": results["compile_seconds"],
+                  "init_seconds": results["init_seconds"],
                   "params": results["num_params"]}}))
 """
 
@@ -79,7 +81,7 @@ def main():
           times.append(f"failed: {proc.stderr.strip().splitlines()[-1][:120]}")
           break
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        times.append(f"{r['compile_seconds']:.2f} s")
+        times.append(f"{r['compile_seconds']:.2f} s (init {r['init_seconds']:.2f} s)")
     params = f"{r['params']:,}" if proc.returncode == 0 else ""
     rows.append(f"| {spec}{' (TFDS mock data)' if mock else ''} | {params} | "
                 + " | ".join(times) + " |")

@@ -109,7 +109,9 @@ class Setup:
     self.model = build_model(config.model)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
+    t_init = time.perf_counter()
     variables = init_variables(self.model, init_rng, self.example_input)
+    self.init_seconds = time.perf_counter() - t_init  # mostly its compilation
     outputs = jax.eval_shape(lambda: self.model.apply(variables, self.example_input))
     self.classifies = has_class_outputs(outputs, self.data.train.labels)
     self.base_model = self.model
@@ -703,6 +705,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "num_params": setup.num_params, "trainable_params": setup.num_trainable,
       "steps": step, "epochs": num_epochs,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+      "init_seconds": setup.init_seconds,
       "eval_seconds": eval_seconds,
       "steady_examples_per_second": steady if np.isfinite(steady) else None,
       "resumed_from_step": resumed_from, "stopped_early": stopped, "best_checkpoint": best,
