@@ -28,7 +28,34 @@ def _quiet_logs() -> None:
   py_logging.getLogger("bigjax").setLevel(py_logging.INFO)
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def raised_by_bigjax(error: BaseException) -> bool:
+  """Whether bigjax itself raised `error` (its innermost frame is in the package): those are
+  checks on the user's config, data or checkpoints, whose message says what to fix."""
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PACKAGE_DIR + os.sep)
+
+
 def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
+  """run.py's body. bigjax's own input errors end the run with their message alone (exit
+  status 1); anything else keeps its traceback. BIGJAX_TRACEBACK=1 shows every traceback."""
+  try:
+    _main(flag_values, files)
+  except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
+    if not raised_by_bigjax(e) or os.environ.get("BIGJAX_TRACEBACK"):
+      raise
+    print(f"bigjax: error: {e}\n(BIGJAX_TRACEBACK=1 shows where it was raised.)",
+          file=sys.stderr)
+    sys.exit(1)
+
+
+def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
   _quiet_logs()
   from bigjax import compilation
   cache = compilation.enable_persistent_cache(flag_values.compilation_cache)
@@ -61,7 +88,8 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
     from bigjax import summary
     text = summary.write(summary.report_for_config(config), workdir, title=config_path)
     print(text)
-    logging.info("summary written to %s/summary.md and summary.json", workdir)
+    py_logging.getLogger("bigjax").info("summary written to %s/summary.md and summary.json",
+                                        workdir)
   else:
     from bigjax import inference
     config = config if config is not None else train.load_run_config(workdir)

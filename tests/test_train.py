@@ -134,6 +134,34 @@ def test_second_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
   assert off.returncode == 0 and "train step compiled in" in off.stderr, off.stderr[-3000:]
 
 
+def test_cli_shows_bigjax_input_errors_without_a_traceback_and_others_with_one():
+  from bigjax import cli
+  from bigjax.models.layers import ACTIVATIONS
+
+  def raised(fn):
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001
+      return e
+    raise AssertionError("nothing raised")
+
+  assert cli.raised_by_bigjax(raised(lambda: ACTIVATIONS.get("relux")))
+  assert cli.raised_by_bigjax(raised(lambda: train.load_run_config("/nonexistent/run")))
+  # Raised inside numpy (a bug, or a plug-in's): the traceback is what helps.
+  assert not cli.raised_by_bigjax(raised(lambda: np.zeros(3).reshape(2)))
+  assert not cli.raised_by_bigjax(ValueError("never raised"))
+
+
+def test_run_py_eval_of_an_empty_workdir_says_so_in_one_message(tmp_path):
+  proc = _run_py("--mode=eval", f"--workdir={tmp_path}", "--compilation_cache=")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert f"bigjax: error: {tmp_path}/config.json does not exist" in proc.stderr
+  env = dict(os.environ, BIGJAX_TRACEBACK="1")
+  proc = subprocess.run([sys.executable, "run.py", "--mode=eval", f"--workdir={tmp_path}"],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
 def test_compilation_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
   from bigjax.compilation import enable_persistent_cache
   blocker = tmp_path / "a_file"
