@@ -15,15 +15,18 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, train  # noqa: E402
+from bigjax import cli, compilation, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, as for run.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Keep the run here (default: a temporary folder).")
+flags.DEFINE_string("compilation_cache", "", "As run.py's, but off by default, so a figure "
+                    "is a first run's unless asked otherwise.")
 
 
 def main(argv):
   del argv
   cli._quiet_logs()
+  compilation.enable_persistent_cache(flags.FLAGS.compilation_cache)
   config_name = flags.FLAGS["config"].config_filename
   with tempfile.TemporaryDirectory() as tmp:
     results = train.run(flags.FLAGS.config, flags.FLAGS.workdir or os.path.join(tmp, "run"))
