@@ -37,18 +37,32 @@ class _Empty(NamedTuple):
   pass
 
 
+def _is_literal_zero(x) -> bool:
+  return isinstance(x, (int, float)) and x == 0
+
+
 def add_penalty_gradient(l1, l2, regex: str) -> optax.GradientTransformation:
   """Adds the gradient of `penalty` (l1 * sign(w) + 2 * l2 * w) to the masked gradients.
 
   Coupled regularisation: it passes through the optimizer's preconditioning, exactly as if
-  the penalty were part of the loss.
+  the penalty were part of the loss. A coefficient given as the Python number 0 drops its
+  term from the computation (a traced one, even if 0 at run time, is always computed).
   """
+  def term(p):
+    out = []
+    if not _is_literal_zero(l1):
+      out.append(l1 * jnp.sign(p))
+    if not _is_literal_zero(l2):
+      out.append(2.0 * l2 * p)
+    return out
+
   def update(grads, state, params):
     mask = path_mask(params, regex)
-    grads = jax.tree.map(
-        lambda g, p, m: g + (l1 * jnp.sign(p) + 2.0 * l2 * p).astype(g.dtype) if m else g,
-        grads, params, mask)
-    return grads, state
+
+    def add(g, p, m):
+      terms = term(p) if m else []
+      return g + sum(terms[1:], terms[0]).astype(g.dtype) if terms else g
+    return jax.tree.map(add, grads, params, mask), state
 
   return optax.GradientTransformation(lambda params: _Empty(), update)
 

@@ -212,15 +212,46 @@ def test_overriding_hyperparameters_never_changes_the_compiled_step():
               "b1": 0.9}
   base_loss = {"l1": 0.0, "l2": 0.0}
   reference = _lowered_train_step(model, params, batch, base_opt, base_loss)
-  for opt_change, loss_change in [({"learning_rate": 0.3}, {}), ({"weight_decay": 0.01}, {}),
-                                  ({"clip_norm": 1.0}, {}), ({"b1": 0.5}, {}),
-                                  ({}, {"l1": 1e-4}), ({}, {"l2": 1e-3})]:
-    text = _lowered_train_step(model, params, batch, {**base_opt, **opt_change},
-                               {**base_loss, **loss_change})
-    assert text == reference, (opt_change, loss_change)
-  # ...while a structural change does show in the compiled step (the comparison can fail).
+  for opt_change in [{"learning_rate": 0.3}, {"b1": 0.5}]:
+    assert _lowered_train_step(model, params, batch, {**base_opt, **opt_change},
+                               base_loss) == reference, opt_change
+  # A stage that is on keeps one program whatever its (non-zero) value.
+  regularised_opt = {**base_opt, "weight_decay": 0.01, "clip_norm": 1.0}
+  regularised_loss = {"l1": 1e-4, "l2": 1e-3}
+  regularised = _lowered_train_step(model, params, batch, regularised_opt, regularised_loss)
+  assert regularised != reference  # turning stages on is a structural change
+  for opt_change, loss_change in [({"weight_decay": 0.1}, {}), ({"clip_norm": 2.5}, {}),
+                                  ({"learning_rate": 0.3}, {"l1": 1e-2, "l2": 5e-4})]:
+    assert _lowered_train_step(model, params, batch, {**regularised_opt, **opt_change},
+                               {**regularised_loss, **loss_change}) == regularised
+  # ...and a structural change does show in the compiled step (the comparison can fail).
   assert _lowered_train_step(model, params, batch, {**base_opt, "name": "lion"},
                              base_loss) != reference
+
+
+def test_stages_at_zero_are_left_out_exactly_and_keep_the_state_structure():
+  """A 0 stage is dropped from the compiled step; the updates are bit for bit those of the
+  chain that computes it, and the optimizer state has the same structure (so a checkpoint
+  restores whichever stages are on)."""
+  from bigjax import optimizers
+  _, params, _ = _mlp()
+  grads = jax.tree.map(lambda p: jnp.sin(3.0 * p) + 0.1, params)
+  kwargs = dict(learning_rate=3e-3, lr_multiplier=1.0, weight_decay=0.0, clip_norm=0.0,
+                l1=0.0, l2=0.0, factory=optax.adam, penalty_regex="kernel",
+                decay_regex="kernel")
+  lean = optimizers._core(**kwargs, stages=())
+  full = optimizers._core(**kwargs, stages=optimizers.STAGES)
+  assert (jax.tree.structure(lean.init(params)) == jax.tree.structure(full.init(params)))
+  lean_state, full_state, p_lean, p_full = lean.init(params), full.init(params), params, params
+  for _ in range(3):
+    u_lean, lean_state = jax.jit(lean.update)(grads, lean_state, p_lean)
+    u_full, full_state = jax.jit(full.update)(grads, full_state, p_full)
+    p_lean, p_full = optax.apply_updates(p_lean, u_lean), optax.apply_updates(p_full, u_full)
+  jax.tree.map(np.testing.assert_array_equal, p_lean, p_full)
+  assert optimizers.active_stages({"clip_norm": 1.0, "weight_decay": 0.1}, {"l2": 1e-4},
+                                  optax.adam) == ("l2", "clip", "decay")
+  # adamw decays inside the optimizer itself: bigjax's decoupled stage stays off.
+  assert optimizers.active_stages({"weight_decay": 0.1}, {}, optax.adamw) == ()
 
 
 def _train(model, params, batch, grad_accum_steps, steps=3):
