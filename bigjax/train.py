@@ -452,23 +452,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal compile_seconds
     if steps not in compiled:
       t_compile = time.perf_counter()
-      counter = compilation.CompileCounter().__enter__()
-      if pmap:  # indices [devices, batch / devices]
-        shape = (len(setup.devices), batch_size // len(setup.devices))
-        compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,
-                                                    np.zeros(shape, np.int32)).compile()
-      elif host:  # a batch already on the device
-        batch_spec = {"image": jax.ShapeDtypeStruct((batch_size, *train_images.shape[1:]),
-                                                    np.float32),
-                      "label": jax.ShapeDtypeStruct((batch_size, *train_labels.shape[1:]),
-                                                    train_labels.dtype)}
-        compiled[steps] = setup.train_on_batch.lower(state_spec, batch_spec).compile()
-      else:
-        fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
-                     (setup.train_many_on_indices, (steps, batch_size)))
-        compiled[steps] = fn.lower(state_spec, train_images, train_labels,
-                                   np.zeros(shape, np.int32)).compile()
-      counter.__exit__()
+      with compilation.CompileCounter() as counter:
+        if pmap:  # indices [devices, batch / devices]
+          shape = (len(setup.devices), batch_size // len(setup.devices))
+          compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,
+                                                      np.zeros(shape, np.int32)).compile()
+        elif host:  # a batch already on the device
+          batch_spec = {"image": jax.ShapeDtypeStruct((batch_size, *train_images.shape[1:]),
+                                                      np.float32),
+                        "label": jax.ShapeDtypeStruct((batch_size, *train_labels.shape[1:]),
+                                                      train_labels.dtype)}
+          compiled[steps] = setup.train_on_batch.lower(state_spec, batch_spec).compile()
+        else:
+          fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
+                       (setup.train_many_on_indices, (steps, batch_size)))
+          compiled[steps] = fn.lower(state_spec, train_images, train_labels,
+                                     np.zeros(shape, np.int32)).compile()
       compile_seconds += time.perf_counter() - t_compile
       from_cache[0] += counter.cache_loads
     return compiled[steps]
