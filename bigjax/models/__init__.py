@@ -56,7 +56,10 @@ def init_variables(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> di
   params_rng, dropout_rng = jax.random.split(rng)
   rngs = {"params": params_rng, "dropout": dropout_rng}
   # Compiled: run op by op, a ResNet's init takes seconds; the draws are the same either way.
-  lowered = jax.jit(lambda rngs, x: model.init(rngs, x, train=False)).lower(rngs, example_x)
+  init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rngs, example_x))):
+    return dict(init(rngs, example_x))  # traced (e.g. under eval_shape): nothing compiles
+  lowered = init.lower(rngs, example_x)
   options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
   return dict(lowered.compile(compiler_options=options)(rngs, example_x))
 
