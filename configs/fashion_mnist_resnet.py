@@ -2,13 +2,17 @@
 a cosine decay after 2 warmup epochs, L2 5e-4 (PyTorch's weight_decay) on conv and dense
 kernels, batch 128, 30 epochs, per-channel standardised inputs.
 
+Training images are augmented on the device: random crops after 4-pixel padding and random
+left-right flips (--config.data.augment.crop_padding=0 --config.data.augment.flip_lr=False
+turn them off).
+
 Run (offline with Debian's dataset-fashion-mnist, else TFDS):
   python run.py --config=configs/fashion_mnist_resnet.py
   python run.py --config=configs/fashion_mnist_resnet.py:resnet32    # or resnet56
-Expected: see the README's model table (measured runs only). The public Fashion-MNIST
-benchmark lists ResNet18 at 0.949 with random-crop and flip augmentation. The measured
-runs are without augmentation (the default here); add it with
---config.data.augment.crop_padding=4 --config.data.augment.flip_lr=True.
+Expected: ResNet-20 reached 0.9447 test accuracy (validation 0.9467) in 30 epochs, 101
+minutes on a 2-core CPU (bench/results/resnet20_fashion_mnist_aug_cpu2.jsonl, run with
+these settings given as overrides); the public Fashion-MNIST benchmark lists ResNet18 at
+0.949.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         activation="relu", kernel_init="he_normal", bias_init="zeros",
                         norm_momentum=0.9)
     config.data.standardize = True
+    config.data.augment.crop_padding = 4
+    config.data.augment.flip_lr = True
     config.loss.l2 = 2.5e-4  # gradient 2 * l2 * w = 5e-4 * w, PyTorch's weight_decay=5e-4
     config.optimizer.name = "momentum"
     config.optimizer.learning_rate = 0.1
