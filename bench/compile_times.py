@@ -90,7 +90,8 @@ def main():
       f"{platform.machine()}, {os.cpu_count()} cores; the train step's first compile, in a "
       "fresh process, with an empty compilation cache (cold) and with the one the cold run "
       "filled (warm) (bench/compile_times.py).", "",
-      "| config | parameters | cold | warm |", "|---|---|---|---|", *rows]) + "\n"
+      "| config | parameters | cold: train step (model init) | warm: train step (model init) |",
+      "|---|---|---|---|", *rows]) + "\n"
   emit(table, args.out)
 
 
