@@ -104,19 +104,18 @@ def _core(learning_rate, lr_multiplier, weight_decay, clip_norm, l1, l2, *, fact
   if not isinstance(base, optax.GradientTransformation):
     raise ConfigError(f"The optimizer factory returned {type(base).__name__}, not an "
                       "optax.GradientTransformation.")
-  optional = {
-      "penalty": regularization.add_penalty_gradient(l1 if "l1" in stages else 0,
-                                                     l2 if "l2" in stages else 0, penalty_regex),
-      "clip": optax.clip_by_global_norm(jnp.where(clip_norm > 0, clip_norm, jnp.inf)),
-      "decay": regularization.decoupled_weight_decay(0.0 if takes_decay else lr * weight_decay,
-                                                     decay_regex),
-  }
-  if "l1" not in stages and "l2" not in stages:
-    optional["penalty"] = _passthrough(optional["penalty"])
-  for name in ("clip", "decay"):
-    if name not in stages:
-      optional[name] = _passthrough(optional[name])
-  return optax.chain(optional["penalty"], optional["clip"], base, optional["decay"])
+  # A literal 0 drops a penalty or decay term at trace time; clipping has no such form.
+  zero_unless = lambda stage, value: value if stage in stages else 0
+  clip = optax.clip_by_global_norm(jnp.where(clip_norm > 0, clip_norm, jnp.inf))
+  return optax.chain(
+      regularization.add_penalty_gradient(zero_unless("l1", l1), zero_unless("l2", l2),
+                                          penalty_regex),
+      clip if "clip" in stages else _passthrough(clip),
+      base,
+      regularization.decoupled_weight_decay(0 if takes_decay else
+                                            zero_unless("decay", lr * weight_decay),
+                                            decay_regex),
+  )
 
 
 def build_optimizer(opt_config: Mapping[str, Any], loss_config: Mapping[str, Any] | None = None,

@@ -68,8 +68,11 @@ def add_penalty_gradient(l1, l2, regex: str) -> optax.GradientTransformation:
 
 
 def decoupled_weight_decay(rate, regex: str) -> optax.GradientTransformation:
-  """updates -= rate * w on the masked params (rate = learning rate x weight decay: AdamW's)."""
+  """updates -= rate * w on the masked params (rate = learning rate x weight decay: AdamW's).
+  A rate given as the Python number 0 leaves the updates as they are, computing nothing."""
   def update(updates, state, params):
+    if _is_literal_zero(rate):
+      return updates, state
     mask = path_mask(params, regex)
     updates = jax.tree.map(lambda u, p, m: u - (rate * p).astype(u.dtype) if m else u,
                            updates, params, mask)

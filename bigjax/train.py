@@ -440,7 +440,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   k = setup.steps_per_call
   compiled: dict = {}
   compile_seconds = 0.0
-  from_cache = [0]  # executables the persistent compilation cache supplied
+  cache_loads = 0  # executables the persistent compilation cache supplied
   # Shapes only: the live state's buffers are donated to each call, so lower from these.
   state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=x.sharding), state)
@@ -449,7 +449,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The train function for `steps` steps per call, compiled on first use: with k > 1,
     the one-step function is only needed when an epoch or log interval is not a multiple
     of k, and compiling it anyway would cost as much as a second of a short run."""
-    nonlocal compile_seconds
+    nonlocal compile_seconds, cache_loads
     if steps not in compiled:
       t_compile = time.perf_counter()
       with compilation.CompileCounter() as counter:
@@ -469,14 +469,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           compiled[steps] = fn.lower(state_spec, train_images, train_labels,
                                      np.zeros(shape, np.int32)).compile()
       compile_seconds += time.perf_counter() - t_compile
-      from_cache[0] += counter.cache_loads
+      cache_loads += counter.cache_loads
     return compiled[steps]
 
   if step < total_steps:
     compiled_step(k)
     logging.info("train step %s in %.2f s; %d steps per epoch of %d, batch %d%s; "
                  "%d steps in all",
-                 "loaded from the compilation cache" if from_cache[0] else "compiled",
+                 "loaded from the compilation cache" if cache_loads else "compiled",
                  compile_seconds, steps_per_epoch, n_train, batch_size,
                  f", {k} steps per call" if k > 1 else "", total_steps)
 

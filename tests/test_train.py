@@ -44,7 +44,8 @@ def test_run_py_trains_fashion_mnist_slice_and_writes_every_output(fashion_mnist
   results = json.loads((workdir / "results.json").read_text())
   assert results["test_accuracy"] >= 0.80, results  # measured 0.82 (784-128-10, 8k examples, 2 epochs)
   assert results["num_params"] == 101_770 and results["steps"] == 2 * 8000 // 32
-  for key in ("test_loss", "train_seconds", "compile_seconds", "init_seconds", "steady_examples_per_second"):
+  for key in ("test_loss", "train_seconds", "compile_seconds", "init_seconds",
+              "steady_examples_per_second"):
     assert results[key] > 0
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["max_train_examples"] == 10000 and config["model"]["hidden_sizes"] == [128]

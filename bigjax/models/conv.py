@@ -114,10 +114,11 @@ def conv2d(x_BxHxWxC: jax.Array, kernel_HWIO: jax.Array, strides: tuple[int, int
     pads = lax.padtype_to_pads(x_BxHxWxC.shape[1:3], kernel_HWIO.shape[:2], strides, padding)
   else:
     pads = [tuple(p) for p in padding]
-  if resolve_impl(impl, padded=any(p != (0, 0) for p in pads)) == "xla":
+  padded = any(p != (0, 0) for p in pads)
+  if resolve_impl(impl, padded) == "xla":
     return lax.conv_general_dilated(x_BxHxWxC, kernel_HWIO, strides, pads,
                                     dimension_numbers=_DIMENSIONS)
-  if any(p != (0, 0) for p in pads):
+  if padded:
     x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
   return im2col_conv(x_BxHxWxC, kernel_HWIO, strides)
 
