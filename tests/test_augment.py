@@ -69,6 +69,20 @@ def test_mixup_mixes_images_and_labels_with_one_weight():
   np.testing.assert_allclose(soft, [[0.75, 0.25, 0.0], [0.25, 0.75, 0.0]])
 
 
+def test_per_image_draws_are_uniform_and_independent():
+  n = 20_000
+  draws = augment.per_image_draws(jax.random.PRNGKey(0), n)
+  assert set(draws) == set(augment.DRAWS)
+  u = np.stack([np.asarray(draws[name]) for name in augment.DRAWS], axis=1)
+  assert u.shape == (n, len(augment.DRAWS)) and u.min() >= 0.0 and u.max() < 1.0
+  np.testing.assert_allclose(u.mean(0), 0.5, atol=0.01)
+  correlation = np.corrcoef(u, rowvar=False) - np.eye(u.shape[1])
+  assert np.abs(correlation).max() < 0.03  # each transform draws on its own
+  offsets = np.asarray(augment._below(draws["crop_y"], 9))  # crop_padding=4: 0..8
+  counts = np.bincount(offsets, minlength=10)
+  assert counts[9] == 0 and np.all(np.abs(counts[:9] / (n / 9) - 1) < 0.1), counts
+
+
 ALL_ON = dict(crop_padding=2, flip_lr=True, flip_ud=True, rotate_degrees=15.0, scale=0.1,
               translate=0.1, cutout_size=3, mixup_alpha=0.4)
 
