@@ -117,6 +117,9 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1; got {grad_accum_steps}.")
   tx = optax.with_extra_args_support(tx)  # reduce-on-plateau reads the loss as `value`
+  # Python facts about the traced model, recorded by micro_step while train_step traces it
+  # (one trace of the forward pass, not a second one for the output shape).
+  traced: dict = {}
 
   def micro_step(params, model_state, batch, rng):
     """Gradients of the *summed* weighted loss, and sums for the metrics."""
@@ -130,7 +133,9 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
     (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
         loss_sum_of, has_aux=True)(params)
-    if not has_class_outputs(logits, batch["label"]):
+    # Known while tracing; train_step reads it to decide whether to report accuracy.
+    traced["classifies"] = has_class_outputs(logits, batch["label"])
+    if not traced["classifies"]:
       correct = jnp.zeros(())
     else:
       correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
@@ -140,10 +145,6 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     step_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # each device's share gets its own dropout masks
       step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
-    out_shape = jax.eval_shape(
-        lambda: _apply(model, state.params, state.model_state, batch["image"][:1],
-                       train=False)[0])
-    classifies = has_class_outputs(out_shape, batch["label"])
     if grad_accum_steps == 1:
       grads, sums, new_model_state = micro_step(state.params, state.model_state, batch,
                                                 step_rng)
@@ -167,6 +168,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
                state.model_state)
       (grads, sums, new_model_state), _ = jax.lax.scan(
           body, zeros, (jnp.arange(grad_accum_steps), micro))
+    classifies = traced["classifies"]
     if axis_name is not None:
       grads, sums = jax.lax.psum((grads, sums), axis_name)
       new_model_state = jax.lax.pmean(new_model_state, axis_name)
