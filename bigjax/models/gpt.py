@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
+from bigjax.models.norm import LayerNorm
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
@@ -71,7 +72,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions, train: bool = False, decode: bool = False):
     norm = (lambda name: nn.RMSNorm(name=name)) if self.norm == "rms" else (
-        lambda name: nn.LayerNorm(name=name))
+        lambda name: LayerNorm(name=name))
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, name="attention")(
         norm("norm_0")(x), positions, decode)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.registry import Registry
+from bigjax.models.norm import BatchNorm, LayerNorm
 
 ACTIVATIONS = Registry("activation")
 for _name, _fn in {
@@ -120,7 +121,7 @@ def normalization(kind: str, train: bool, name: str):
   if kind in ("none", "", None):
     return None
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
   if kind == "layer":
-    return nn.LayerNorm(name=name)
+    return LayerNorm(name=name)
   raise ValueError(f'norm "{kind}": use "none", "batch" or "layer".')

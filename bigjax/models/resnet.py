@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
+from bigjax.models.norm import BatchNorm
 from bigjax.models.layers import ACTIVATIONS, Activation
 
 
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
     conv = lambda f, k, s, name: Conv(f, (k, k), s, padding="SAME" if k > 1 else "VALID",
                                       use_bias=False, impl=self.conv_impl, name=name,
                                       kernel_init=get_initializer(self.kernel_init))
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
+    norm = lambda name: BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
                                      epsilon=1e-5, name=name)
     y = conv(self.features, 3, self.strides, "conv_0")(x)
     y = Activation(self.activation)(norm("norm_0")(y))
@@ -82,7 +83,7 @@ class ResNet(nn.Module):
                kernel_init=kernel_init, impl=self.conv_impl, name="stem")(x)
     else:
       raise ValueError(f'ResNet stem "{self.stem}": use "cifar" or "imagenet".')
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum, epsilon=1e-5,
+    x = BatchNorm(use_running_average=not train, momentum=self.norm_momentum, epsilon=1e-5,
                      name="stem_norm")(x)
     x = Activation(self.activation)(x)
     if self.stem == "imagenet":

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
 from bigjax.models.layers import Activation
+from bigjax.models.norm import LayerNorm
 
 
 class MlpBlock(nn.Module):
@@ -31,11 +32,11 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = nn.LayerNorm(name="norm_0")(x)
+    y = LayerNorm(name="norm_0")(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                                         deterministic=not train, name="attention")(y, y)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = nn.LayerNorm(name="norm_1")(x)
+    y = LayerNorm(name="norm_1")(x)
     y = MlpBlock(int(self.mlp_ratio * x.shape[-1]), self.dropout_rate, name="mlp")(y, train)
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
@@ -73,6 +74,6 @@ class ViT(nn.Module):
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, name=f"block_{i}")(
           x, train)
-    x = nn.LayerNorm(name="final_norm")(x)
+    x = LayerNorm(name="final_norm")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
