@@ -1,15 +1,20 @@
 """First-step compile time of every shipped config.
 
   python bench/compile_times.py [--out=bench/results/compile_times_cpu2.md] [--only=SPEC,...]
+                                [--repeats=3] [--baseline=OTHER_CHECKOUT]
 
 Each config runs 3 steps through the driver (train.run) in a fresh process, so the figure
 includes XLA's start-up as a user's first run does, twice: first with an empty persistent
 compilation cache (cold: what a first run costs), then in a second fresh process with the
 cache the first one filled (warm: what run.py's cache saves on a second run of a config).
+Timings on a shared CPU swing by 20% and more between runs and between hours, so each
+figure is the median of --repeats fresh processes, and --baseline=DIR times another
+checkout (a `git worktree` of an older commit) interleaved with this one, for a comparison
+that both sides measured on the machine in the same state.
 Reported: the train step's compile time (what the driver logs as "train step compiled in"
-or "loaded from the compilation cache in"; tracing and lowering included), and in brackets
-the model's initialisation before it (results.json's init_seconds, mostly compilation). That nothing compiles after the first
-epoch is a test (tests/test_train.py), not a benchmark. Configs whose data is not offline
+or "loaded from the compilation cache in"; tracing and lowering included), and after it
+the model's initialisation (results.json's init_seconds, mostly compilation). That nothing
+compiles after the first epoch is a test (tests/test_train.py), not a benchmark. Configs whose data is not offline
 (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the same shapes;
 configs/lm_small.py and lm_1b.py are left out: they are for accelerators (lm_small's first
 steps took over 16 GB of memory on this CPU).
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,38 +66,85 @@ print(json.dumps({{"compile_seconds": results["compile_seconds"],
 """
 
 
+def _measure(spec: str, mock: bool, cache: str, root: str = ROOT) -> dict:
+  """One fresh process's results (compile_seconds, init_seconds, params) with the bigjax
+  checkout at `root`, or {"error"}."""
+  code = _CHILD.format(root=root, spec=os.path.join("configs", spec), mock=mock, cache=cache)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+  if proc.returncode != 0:
+    return {"error": proc.stderr.strip().splitlines()[-1][:120]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _cell(results: list[dict]) -> str:
+  """Median compile (init) over the repeats, with the range when there are several."""
+  compile_s = sorted(r["compile_seconds"] for r in results)
+  init_s = statistics.median(r["init_seconds"] for r in results)
+  cell = f"{statistics.median(compile_s):.2f} s"
+  if len(compile_s) > 1:
+    cell += f" ({compile_s[0]:.2f}-{compile_s[-1]:.2f})"
+  return cell + f", init {init_s:.2f} s"
+
+
+def _describe(checkout: str) -> str:
+  """"commit abc1234" for a git checkout, else its path."""
+  proc = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
+                        capture_output=True, text=True)
+  return f"commit {proc.stdout.strip()}" if proc.returncode == 0 else checkout
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", default=None)
   parser.add_argument("--only", default="")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="cold/warm pairs per config, each with a fresh cache; the table "
+                           "gives the median and the range (one shared CPU's timings swing "
+                           "by +-20%% between runs)")
+  parser.add_argument("--baseline", default="",
+                      help="another bigjax checkout (e.g. a git worktree of an older commit): "
+                           "its cold compile is timed too, interleaved with this one's, so "
+                           "that both see the machine in the same state")
   args = parser.parse_args()
   only = {s for s in args.only.split(",") if s}
+  kinds = ("baseline", "cold", "warm") if args.baseline else ("cold", "warm")
   rows = []
   for spec, mock in CONFIGS:
     if only and spec not in only:
       continue
-    times = []
-    with tempfile.TemporaryDirectory() as cache:
-      for _ in ("cold", "warm"):
-        code = _CHILD.format(root=ROOT, spec=os.path.join("configs", spec), mock=mock,
-                             cache=cache)
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-          times.append(f"failed: {proc.stderr.strip().splitlines()[-1][:120]}")
+    runs = {kind: [] for kind in kinds}
+    error = None
+    for _ in range(args.repeats):
+      # (kind, checkout): warm reuses the cache its cold run just filled.
+      groups = [[("cold", ROOT), ("warm", ROOT)]]
+      if args.baseline:
+        groups.insert(0, [("baseline", os.path.abspath(args.baseline))])
+      for group in groups:
+        with tempfile.TemporaryDirectory() as cache:
+          for kind, root in group:
+            r = _measure(spec, mock, cache, root)
+            if "error" in r:
+              error = f"{kind}: {r['error']}"
+              break
+            runs[kind].append(r)
+        if error:
           break
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        times.append(f"{r['compile_seconds']:.2f} s (init {r['init_seconds']:.2f} s)")
-    params = f"{r['params']:,}" if proc.returncode == 0 else ""
+      if error:
+        break
+    cells = ([f"failed: {error}"] if error else [_cell(runs[kind]) for kind in kinds])
+    params = f"{runs['cold'][0]['params']:,}" if runs["cold"] else ""
     rows.append(f"| {spec}{' (TFDS mock data)' if mock else ''} | {params} | "
-                + " | ".join(times) + " |")
+                + " | ".join(cells) + " |")
     print(rows[-1], flush=True)
   table = "\n".join([
       f"{platform.machine()}, {os.cpu_count()} cores; the train step's first compile, in a "
       "fresh process, with an empty compilation cache (cold) and with the one the cold run "
-      "filled (warm) (bench/compile_times.py).", "",
-      "| config | parameters | cold: train step (model init) | warm: train step (model init) |",
-      "|---|---|---|---|", *rows]) + "\n"
+      f"filled (warm); median (range) of {args.repeats} such pairs (bench/compile_times.py)"
+      + (f"; baseline: bigjax at {_describe(args.baseline)}, cold, interleaved with them."
+         if args.baseline else "."), "",
+      "| config | parameters | " + " | ".join(
+          f"{kind}: train step, model init" for kind in kinds) + " |",
+      "|---" * (2 + len(kinds)) + "|", *rows]) + "\n"
   emit(table, args.out)
 
 
