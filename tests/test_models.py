@@ -242,3 +242,28 @@ def test_cnn_stack_described_per_layer():
   with pytest.raises(ValueError, match="kernel_size has 2 entries for 3 layers"):
     init_variables(build_model(dict(name="cnn", conv_features=(8, 8, 8), kernel_size=(3, 3))),
                    jax.random.PRNGKey(0), x)
+
+
+def test_flat_dropout_equals_flax_dropout_bit_for_bit():
+  """bigjax's Dropout draws its mask flat (faster to compile on CPUs): the same masks as
+  nn.Dropout for the same keys, nothing dropped when deterministic or at rate 0."""
+  from bigjax.models.layers import Dropout
+
+  class Net(nn.Module):
+    layer: type
+
+    @nn.compact
+    def __call__(self, x, deterministic=False):
+      x = self.layer(0.3)(x, deterministic=deterministic)
+      return self.layer(0.5)(nn.Dense(5)(x), deterministic=deterministic)
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 7))
+  variables = Net(nn.Dropout).init(jax.random.PRNGKey(1), x, deterministic=True)
+  run = lambda layer, **kw: Net(layer).apply(variables, x,
+                                             rngs={"dropout": jax.random.PRNGKey(3)}, **kw)
+  ours, ref = run(Dropout), run(nn.Dropout)
+  np.testing.assert_array_equal(ours, ref)
+  assert 0.3 < float((ours == 0).mean()) < 0.7  # something was dropped
+  np.testing.assert_array_equal(run(Dropout, deterministic=True),
+                                run(nn.Dropout, deterministic=True))
+  np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)

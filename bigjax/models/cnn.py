@@ -9,8 +9,8 @@ import jax
 
 from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import (ACTIVATIONS, Activation, Flatten, MaxPool, normalization,
-                                  per_layer)
+from bigjax.models.layers import (ACTIVATIONS, Activation, Dropout, Flatten, MaxPool,
+                                  normalization, per_layer)
 
 
 class CNN(nn.Module):
@@ -63,5 +63,5 @@ class CNN(nn.Module):
     for i, width in enumerate(self.dense_sizes):
       x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **inits)(x)

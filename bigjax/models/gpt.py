@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
+from bigjax.models.layers import Dropout
 from bigjax.models.norm import LayerNorm
 
 
@@ -73,7 +74,7 @@ class Block(nn.Module):
   def __call__(self, x, positions, train: bool = False, decode: bool = False):
     norm = (lambda name: nn.RMSNorm(name=name)) if self.norm == "rms" else (
         lambda name: LayerNorm(name=name))
-    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    drop = Dropout(self.dropout_rate, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, name="attention")(
         norm("norm_0")(x), positions, decode)
     x = x + drop(y)
@@ -127,7 +128,7 @@ class GPT(nn.Module):
       table = self.param("position_embedding", get_initializer("normal:0.02"),
                          (self.context_length, self.hidden_size))
       x = x + jnp.take(table, positions, axis=0)[None].astype(x.dtype)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
     for i in range(self.depth):
       x = block(self.num_heads, self.context_length, self.mlp_ratio, self.dropout_rate,

@@ -99,6 +99,25 @@ class MaxPool(nn.Module):
     return max_pool(x, self.window)
 
 
+class Dropout(nn.Module):
+  """`flax.linen.Dropout` (no broadcast dims): the same keys and masks, drawn flat. XLA:CPU
+  compiled a multi-dimensional threefry draw 3-5x slower than the same bits drawn as one
+  vector and reshaped."""
+  rate: float
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.size,)).reshape(x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class Flatten(nn.Module):
   """[B, ...] -> [B, features]."""
 

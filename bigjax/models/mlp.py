@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation, Flatten, normalization
+from bigjax.models.layers import ACTIVATIONS, Activation, Dropout, Flatten, normalization
 
 
 class MLP(nn.Module):
@@ -34,5 +34,5 @@ class MLP(nn.Module):
         x = norm(x)
       x = Activation(self.activation)(x)
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **inits)(x)

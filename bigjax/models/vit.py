@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import Activation
+from bigjax.models.layers import Activation, Dropout
 from bigjax.models.norm import LayerNorm
 
 
@@ -20,7 +20,7 @@ class MlpBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     width = x.shape[-1]
     x = Activation("gelu")(nn.Dense(self.hidden, name="dense_0")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(width, name="dense_1")(x)
 
 
@@ -35,10 +35,10 @@ class EncoderBlock(nn.Module):
     y = LayerNorm(name="norm_0")(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                                         deterministic=not train, name="attention")(y, y)
-    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    x = x + Dropout(self.dropout_rate, deterministic=not train)(y)
     y = LayerNorm(name="norm_1")(x)
     y = MlpBlock(int(self.mlp_ratio * x.shape[-1]), self.dropout_rate, name="mlp")(y, train)
-    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    return x + Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
 class ViT(nn.Module):
@@ -70,7 +70,7 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.hidden_size)), x], axis=1)
     x = x + self.param("position_embedding", get_initializer("normal:0.02"),
                        (1, x.shape[1], self.hidden_size))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, name=f"block_{i}")(
           x, train)
