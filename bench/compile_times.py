@@ -14,8 +14,9 @@ that both sides measured on the machine in the same state.
 Reported: the train step's compile time (what the driver logs as "train step compiled in"
 or "loaded from the compilation cache in"; tracing and lowering included), and after it
 the model's initialisation (results.json's init_seconds, mostly compilation). That nothing
-compiles after the first epoch is a test (tests/test_train.py), not a benchmark. Configs whose data is not offline
-(TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the same shapes;
+compiles after the first epoch is a test (tests/test_train.py), not a benchmark. Configs
+whose data is not offline (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the
+same shapes;
 configs/lm_small.py and lm_1b.py are left out: they are for accelerators (lm_small's first
 steps took over 16 GB of memory on this CPU).
 """
@@ -86,6 +87,23 @@ def _cell(results: list[dict]) -> str:
   return cell + f", init {init_s:.2f} s"
 
 
+def _time_config(spec: str, mock: bool, repeats: int, baseline: str) -> dict | str:
+  """{kind: [results]} over `repeats` rounds (baseline, cold, warm), or the first failure."""
+  groups = [[("cold", ROOT), ("warm", ROOT)]]  # warm reuses the cache its cold run filled
+  if baseline:
+    groups.insert(0, [("baseline", os.path.abspath(baseline))])
+  runs = {kind: [] for group in groups for kind, _ in group}
+  for _ in range(repeats):
+    for group in groups:
+      with tempfile.TemporaryDirectory() as cache:
+        for kind, root in group:
+          r = _measure(spec, mock, cache, root)
+          if "error" in r:
+            return f"{kind}: {r['error']}"
+          runs[kind].append(r)
+  return runs
+
+
 def _describe(checkout: str) -> str:
   """"commit abc1234" for a git checkout, else its path."""
   proc = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
@@ -106,33 +124,19 @@ def main():
                            "its cold compile is timed too, interleaved with this one's, so "
                            "that both see the machine in the same state")
   args = parser.parse_args()
+  if args.baseline and not os.path.isdir(os.path.join(args.baseline, "bigjax")):
+    parser.error(f"--baseline={args.baseline} is not a bigjax checkout (no bigjax/ in it); "
+                 "make one with: git worktree add /tmp/baseline COMMIT")
   only = {s for s in args.only.split(",") if s}
   kinds = ("baseline", "cold", "warm") if args.baseline else ("cold", "warm")
   rows = []
   for spec, mock in CONFIGS:
     if only and spec not in only:
       continue
-    runs = {kind: [] for kind in kinds}
-    error = None
-    for _ in range(args.repeats):
-      # (kind, checkout): warm reuses the cache its cold run just filled.
-      groups = [[("cold", ROOT), ("warm", ROOT)]]
-      if args.baseline:
-        groups.insert(0, [("baseline", os.path.abspath(args.baseline))])
-      for group in groups:
-        with tempfile.TemporaryDirectory() as cache:
-          for kind, root in group:
-            r = _measure(spec, mock, cache, root)
-            if "error" in r:
-              error = f"{kind}: {r['error']}"
-              break
-            runs[kind].append(r)
-        if error:
-          break
-      if error:
-        break
-    cells = ([f"failed: {error}"] if error else [_cell(runs[kind]) for kind in kinds])
-    params = f"{runs['cold'][0]['params']:,}" if runs["cold"] else ""
+    runs = _time_config(spec, mock, args.repeats, args.baseline)
+    failed = isinstance(runs, str)
+    cells = [f"failed: {runs}"] if failed else [_cell(runs[kind]) for kind in kinds]
+    params = "" if failed else f"{runs['cold'][0]['params']:,}"
     rows.append(f"| {spec}{' (TFDS mock data)' if mock else ''} | {params} | "
                 + " | ".join(cells) + " |")
     print(rows[-1], flush=True)

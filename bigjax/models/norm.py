@@ -34,16 +34,20 @@ def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
   return _forward(x, scale, bias, epsilon, axes)[0]
 
 
+def _scale_and_shift(x, mean, inv, scale, bias):
+  """(x - mean) * (inv * scale) + bias in float32, in x, scale and bias's result type: the
+  same operations in the same order as Flax's _normalize, so the outputs agree."""
+  y = (x.astype(jnp.float32) - mean) * (inv * scale) + bias
+  return y.astype(jnp.result_type(x, scale, bias))
+
+
 def _forward(x, scale, bias, epsilon, axes):
   x32 = x.astype(jnp.float32)
   mean = x32.mean(axes, keepdims=True)
   raw_var = (x32 * x32).mean(axes, keepdims=True) - mean * mean
   var = jnp.maximum(0.0, raw_var)
   inv = jax.lax.rsqrt(var + epsilon)
-  # The same operations in the same order as Flax's _normalize, so the outputs agree.
-  y = (x32 - mean) * (inv * scale) + bias
-  out_dtype = jnp.result_type(x, scale, bias)
-  return (y.astype(out_dtype), mean, var), (x, scale, mean, inv, raw_var)
+  return (_scale_and_shift(x, mean, inv, scale, bias), mean, var), (x, scale, mean, inv, raw_var)
 
 
 def _backward(epsilon, axes, residuals, cotangents):
@@ -52,8 +56,8 @@ def _backward(epsilon, axes, residuals, cotangents):
   dy, d_mean, d_var = cotangents
   count = x.size // mean.size
   param_axes = tuple(range(x.ndim - 1))
-  x32, dy32 = x.astype(jnp.float32), dy.astype(jnp.float32)
-  xhat = (x32 - mean) * inv
+  centered, dy32 = x.astype(jnp.float32) - mean, dy.astype(jnp.float32)
+  xhat = centered * inv
   d_bias = dy32.sum(param_axes)
   d_scale = (dy32 * xhat).sum(param_axes)
   g = dy32 * scale
@@ -63,7 +67,7 @@ def _backward(epsilon, axes, residuals, cotangents):
   # The clipped variance is constant where the clip is active: no gradient through it.
   d_var_total = jnp.where(raw_var > 0, d_var_total, 0.0)
   # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count.
-  dx = g * inv + (d_mean_total + d_var_total * 2.0 * (x32 - mean)) / count
+  dx = g * inv + (d_mean_total + d_var_total * 2.0 * centered) / count
   return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
 
 
@@ -94,9 +98,8 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
     scale, bias = _affine(self, features)
     if use_running_average:
-      inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-      y = (x.astype(jnp.float32) - ra_mean.value) * (inv * scale) + bias
-      return y.astype(jnp.result_type(x, scale, bias))
+      return _scale_and_shift(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon),
+                              scale, bias)
     y, mean, var = normalize(x, scale, bias, self.epsilon, tuple(range(x.ndim - 1)))
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(-1)

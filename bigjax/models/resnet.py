@@ -13,8 +13,8 @@ import jax.numpy as jnp
 
 from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
-from bigjax.models.norm import BatchNorm
 from bigjax.models.layers import ACTIVATIONS, Activation
+from bigjax.models.norm import BatchNorm
 
 
 class BasicBlock(nn.Module):
@@ -33,7 +33,7 @@ class BasicBlock(nn.Module):
                                       use_bias=False, impl=self.conv_impl, name=name,
                                       kernel_init=get_initializer(self.kernel_init))
     norm = lambda name: BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
-                                     epsilon=1e-5, name=name)
+                                  epsilon=1e-5, name=name)
     y = conv(self.features, 3, self.strides, "conv_0")(x)
     y = Activation(self.activation)(norm("norm_0")(y))
     y = conv(self.features, 3, 1, "conv_1")(y)
@@ -84,7 +84,7 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f'ResNet stem "{self.stem}": use "cifar" or "imagenet".')
     x = BatchNorm(use_running_average=not train, momentum=self.norm_momentum, epsilon=1e-5,
-                     name="stem_norm")(x)
+                  name="stem_norm")(x)
     x = Activation(self.activation)(x)
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
