@@ -26,6 +26,27 @@ def test_softmax_cross_entropy_one_hot_equals_integer_labels():
   np.testing.assert_allclose(as_int, as_one_hot, rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("shape", [(6, 10), (3, 5, 256)])  # class logits; LM tokens
+def test_integer_label_cross_entropy_equals_optax(shape):
+  """The label's logit is picked by comparison (an elementwise gradient, not optax's gather
+  and scatter-add): the same losses and gradients as optax's integer-label loss."""
+  import optax
+  logits = 4.0 * jax.random.normal(jax.random.PRNGKey(1), shape)
+  labels = jax.random.randint(jax.random.PRNGKey(2), shape[:-1], 0, shape[-1])
+  ours = lambda x: losses._integer_label_cross_entropy(x, labels)
+  theirs = lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels)
+  np.testing.assert_allclose(ours(logits), theirs(logits), rtol=1e-6, atol=1e-6)
+  weights = jax.random.uniform(jax.random.PRNGKey(3), shape[:-1])
+  grad = lambda f: jax.grad(lambda x: (f(x) * weights).sum())(logits)
+  np.testing.assert_allclose(grad(ours), grad(theirs), rtol=1e-6, atol=1e-7)
+  assert losses.token_cross_entropy(logits, {"label": labels}).shape == shape[:1]
+
+
+def test_integer_label_cross_entropy_is_nan_for_a_label_out_of_range():
+  got = losses.softmax_cross_entropy(jnp.zeros((3, 4)), {"label": jnp.array([0, 4, -1])})
+  assert np.isfinite(got[0]) and np.isnan(got[1]) and np.isnan(got[2])
+
 def test_mean_squared_error_hand_computed():
   got = losses.mean_squared_error(jnp.array([[1.0, 2.0], [0.0, 0.0]]),
                                   jnp.array([[1.0, 4.0], [3.0, -1.0]]))
