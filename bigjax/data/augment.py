@@ -157,7 +157,8 @@ def make_augmenter(options: Mapping[str, Any] | None,
     return image
 
   def augment(batch: dict, key: jax.Array) -> dict:
-    k_images, k_mix = jax.random.split(key)
+    # Split only for mixup: each threefry call is more for XLA to compile.
+    k_images, k_mix = jax.random.split(key) if opts["mixup_alpha"] else (key, None)
     images = batch["image"]
     images = jax.vmap(one)(images, per_image_draws(k_images, images.shape[0]))
     out = dict(batch, image=images)
