@@ -134,7 +134,7 @@ class GPT(nn.Module):
       x = block(self.num_heads, self.context_length, self.mlp_ratio, self.dropout_rate,
                 self.positions == "rope", self.norm, name=f"block_{i}")(x, positions, train,
                                                                        decode)
-    x = (nn.RMSNorm if self.norm == "rms" else nn.LayerNorm)(name="final_norm")(x)
+    x = (nn.RMSNorm if self.norm == "rms" else LayerNorm)(name="final_norm")(x)
     if self.tie_embeddings:
       return embedding.attend(x)
     return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros, name="head")(x)
