@@ -31,6 +31,11 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Ar
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+def _norm(kind: str, name: str) -> nn.Module:
+  """The blocks' and the final norm: "rms" or "layer"."""
+  return nn.RMSNorm(name=name) if kind == "rms" else LayerNorm(name=name)
+
+
 class CausalSelfAttention(nn.Module):
   num_heads: int
   context_length: int
@@ -72,8 +77,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, train: bool = False, decode: bool = False):
-    norm = (lambda name: nn.RMSNorm(name=name)) if self.norm == "rms" else (
-        lambda name: LayerNorm(name=name))
+    norm = lambda name: _norm(self.norm, name)
     drop = Dropout(self.dropout_rate, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, name="attention")(
         norm("norm_0")(x), positions, decode)
@@ -134,7 +138,7 @@ class GPT(nn.Module):
       x = block(self.num_heads, self.context_length, self.mlp_ratio, self.dropout_rate,
                 self.positions == "rope", self.norm, name=f"block_{i}")(x, positions, train,
                                                                        decode)
-    x = (nn.RMSNorm if self.norm == "rms" else LayerNorm)(name="final_norm")(x)
+    x = _norm(self.norm, "final_norm")(x)
     if self.tie_embeddings:
       return embedding.attend(x)
     return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros, name="head")(x)
