@@ -112,7 +112,8 @@ class Setup:
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
     t_init = time.perf_counter()
-    variables = init_variables(self.model, init_rng, self.example_input)
+    with compilation.gc_paused():
+      variables = init_variables(self.model, init_rng, self.example_input)
     self.init_seconds = time.perf_counter() - t_init  # mostly its compilation
     outputs = jax.eval_shape(lambda: self.model.apply(variables, self.example_input))
     self.classifies = has_class_outputs(outputs, self.data.train.labels)
@@ -454,7 +455,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal compile_seconds, cache_loads
     if steps not in compiled:
       t_compile = time.perf_counter()
-      with compilation.CompileCounter() as counter:
+      with compilation.CompileCounter() as counter, compilation.gc_paused():
         if pmap:  # indices [devices, batch / devices]
           shape = (len(setup.devices), batch_size // len(setup.devices))
           compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,

@@ -116,6 +116,24 @@ def test_compile_counter_counts_compilations_not_cached_calls():
   assert compiles.count == 2
 
 
+def test_gc_paused_restores_the_collector_as_it_found_it():
+  import gc
+  from bigjax.compilation import gc_paused
+  assert gc.isenabled()
+  with pytest.raises(RuntimeError):
+    with gc_paused():
+      assert not gc.isenabled()
+      raise RuntimeError("a failed compile")
+  assert gc.isenabled()  # back on, even after an error
+  gc.disable()
+  try:
+    with gc_paused():
+      assert not gc.isenabled()
+    assert not gc.isenabled()  # a caller's choice to keep it off is kept
+  finally:
+    gc.enable()
+
+
 def test_second_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
   cache = tmp_path / "cache"
   args = ("--config=configs/digits.py", "--config.train.num_epochs=1",
