@@ -137,8 +137,15 @@ class Setup:
     self.tx = finetune.wrap_optimizer(
         build_optimizer(config.optimizer, config.loss, self.total_steps), variables["params"],
         finetune_config)
-    variables["params"] = cast_floats(variables["params"], self.param_dtype)
-    state = create_train_state(variables, self.tx, self.train_rng)
+    param_dtype, tx = self.param_dtype, self.tx
+
+    def initial_state(variables, rng):
+      variables = dict(variables, params=cast_floats(variables["params"], param_dtype))
+      return create_train_state(variables, tx, rng)
+    # Compiled as one program: op by op, the optimizer's init dispatches (and on first use
+    # compiles) a small program per leaf, about a second for a ResNet's or a ViT's.
+    with compilation.gc_paused():
+      state = jax.jit(initial_state)(variables, self.train_rng)
     self.state_shardings = parallel.state_shardings(state, self.mesh, parallel_config)
     self.initial_state = jax.device_put(state, self.state_shardings)
     if self.mesh.shape["fsdp"] > 1:
