@@ -189,7 +189,8 @@ def test_num_steps_ends_mid_epoch(tmp_path):
 def test_early_stopping_through_the_driver_on_a_scripted_metric(tmp_path):
   scripted = iter([0.50, 0.60, 0.55, 0.58, 0.59, 0.9, 0.9, 0.9])
 
-  # (The config check before training evaluates one 8-example batch: not part of the script.)
+  # (The config check before training computes metrics on placeholder sums, count 1: not
+  # part of the script.)
   metrics.METRICS.register("scripted")(metrics.Metric(
       ("count",), lambda t: {"scripted": next(scripted) if t["count"] > 8 else 0.0}))
   try:
@@ -203,6 +204,14 @@ def test_early_stopping_through_the_driver_on_a_scripted_metric(tmp_path):
   # Best 0.60 after epoch 2; epochs 3, 4 and 5 do not improve on it: stop after epoch 5.
   assert results["steps"] == 5 * 40 and results["epochs"] == 8
   assert results["stopped_early"].startswith("early stopping: validation/scripted")
+
+
+@pytest.mark.parametrize("spec", ["loss,accuracy", "loss,accuracy,top5_accuracy,precision,"
+                                  "recall,f1,support,confusion_matrix"])
+def test_metric_names_known_before_training_are_the_ones_evaluation_gives(spec):
+  setup = train.Setup(_config(**{"eval.metrics": spec}))
+  evaluated = setup.evaluate(setup.initial_state, "validation")
+  assert setup.metric_value_names() == set(metrics.scalars(evaluated))
 
 
 def test_bad_metric_and_split_names_fail_before_training(tmp_path):
