@@ -288,11 +288,16 @@ class Setup:
     eval batch's sums: traced, not compiled (a compile here cost as much as a second)."""
     split = "validation" if "validation" in self.splits else "test"
     images, labels = self.splits[split]
-    indices, mask = data_lib.padded_batches(min(len(labels), 8), 8)
     with compilation.gc_paused():
-      shapes = jax.eval_shape(self.eval_on_batch, self.initial_state,
-                              dict(image=images[indices[0]], label=labels[indices[0]],
-                                   mask=mask[0]))
+      if self.placement == "host":
+        indices, mask = data_lib.padded_batches(min(len(labels), 8), 8)
+        shapes = jax.eval_shape(self.eval_on_batch, self.initial_state,
+                                dict(image=images[indices[0]], label=labels[indices[0]],
+                                     mask=mask[0]))
+      else:  # evaluate()'s own call, so its first evaluation reuses this trace
+        indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
+        shapes = jax.eval_shape(self.eval_on_indices, self.initial_state, images, labels,
+                                indices[0], mask[0])
     # Ones, not zeros: no metric divides by zero on the way to its names.
     sums = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
     values = metrics_lib.compute(self.metric_names, metrics_lib.total([sums]))
