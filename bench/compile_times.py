@@ -12,8 +12,10 @@ figure is the median of --repeats fresh processes, and --baseline=DIR times anot
 checkout (a `git worktree` of an older commit) interleaved with this one, for a comparison
 that both sides measured on the machine in the same state.
 Reported: the train step's compile time (what the driver logs as "train step compiled in"
-or "loaded from the compilation cache in"; tracing and lowering included), and after it
-the model's initialisation (results.json's init_seconds, mostly compilation). That nothing
+or "loaded from the compilation cache in"; tracing and lowering included), after it the
+model's initialisation (results.json's init_seconds, mostly compilation), and when the
+train step was ready, counted from the start of train.run (startup_seconds: data, init,
+optimizer state, config checks and the compile: what a user waits before the first step). That nothing
 compiles after the first epoch is a test (tests/test_train.py), not a benchmark. Configs
 whose data is not offline (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the
 same shapes;
@@ -63,6 +65,7 @@ with context, tempfile.TemporaryDirectory() as tmp:
   results = train.run(config, tmp)
 print(json.dumps({{"compile_seconds": results["compile_seconds"],
                   "init_seconds": results["init_seconds"],
+                  "startup_seconds": results.get("startup_seconds"),
                   "params": results["num_params"]}}))
 """
 
@@ -84,7 +87,11 @@ def _cell(results: list[dict]) -> str:
   cell = f"{statistics.median(compile_s):.2f} s"
   if len(compile_s) > 1:
     cell += f" ({compile_s[0]:.2f}-{compile_s[-1]:.2f})"
-  return cell + f", init {init_s:.2f} s"
+  cell += f", init {init_s:.2f} s"
+  startup = [r["startup_seconds"] for r in results if r.get("startup_seconds") is not None]
+  if startup:  # (a baseline from before the driver reported it has none)
+    cell += f", ready {statistics.median(startup):.2f} s"
+  return cell
 
 
 def _time_config(spec: str, mock: bool, repeats: int, baseline: str) -> dict | str:
@@ -143,7 +150,9 @@ def main():
   table = "\n".join([
       f"{platform.machine()}, {os.cpu_count()} cores; the train step's first compile, in a "
       "fresh process, with an empty compilation cache (cold) and with the one the cold run "
-      f"filled (warm); median (range) of {args.repeats} such pairs (bench/compile_times.py)"
+      f"filled (warm); median (range) of {args.repeats} such pairs (bench/compile_times.py); "
+      "init: the model's initialisation; ready: the train step ready to run, counted from "
+      "the start of train.run"
       + (f"; baseline: bigjax at {_describe(args.baseline)}, cold, interleaved with them."
          if args.baseline else "."), "",
       "| config | parameters | " + " | ".join(

@@ -404,6 +404,7 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: str, manager,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints as `config` says; returns (and writes) the results."""
+  t_start = time.perf_counter()
   # --------------------------------------------------------------- workdir
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -492,12 +493,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       cache_loads += counter.cache_loads
     return compiled[steps]
 
+  startup_seconds = None  # from run() to the train step ready: what a user waits for
   if step < total_steps:
     compiled_step(k)
-    logging.info("train step %s in %.2f s; %d steps per epoch of %d, batch %d%s; "
-                 "%d steps in all",
+    startup_seconds = time.perf_counter() - t_start
+    logging.info("train step %s in %.2f s (ready %.1f s after start); %d steps per epoch "
+                 "of %d, batch %d%s; %d steps in all",
                  "loaded from the compilation cache" if cache_loads else "compiled",
-                 compile_seconds, steps_per_epoch, n_train, batch_size,
+                 compile_seconds, startup_seconds, steps_per_epoch, n_train, batch_size,
                  f", {k} steps per call" if k > 1 else "", total_steps)
 
   # --------------------------------------------------------------- loop
@@ -724,7 +727,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "num_params": setup.num_params, "trainable_params": setup.num_trainable,
       "steps": step, "epochs": num_epochs,
       "train_seconds": train_seconds, "compile_seconds": compile_seconds,
-      "init_seconds": setup.init_seconds,
+      "init_seconds": setup.init_seconds, "startup_seconds": startup_seconds,
       "eval_seconds": eval_seconds,
       "steady_examples_per_second": steady if np.isfinite(steady) else None,
       "resumed_from_step": resumed_from, "stopped_early": stopped, "best_checkpoint": best,

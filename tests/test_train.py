@@ -47,6 +47,8 @@ def test_run_py_trains_fashion_mnist_slice_and_writes_every_output(fashion_mnist
   for key in ("test_loss", "train_seconds", "compile_seconds", "init_seconds",
               "steady_examples_per_second"):
     assert results[key] > 0
+  # Start-up covers the model's init and the train step's compile, and more (data, checks).
+  assert results["startup_seconds"] > results["init_seconds"] + results["compile_seconds"]
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["max_train_examples"] == 10000 and config["model"]["hidden_sizes"] == [128]
 
