@@ -156,7 +156,7 @@ def main():
       + (f"; baseline: bigjax at {_describe(args.baseline)}, cold, interleaved with them."
          if args.baseline else "."), "",
       "| config | parameters | " + " | ".join(
-          f"{kind}: train step, model init" for kind in kinds) + " |",
+          f"{kind}: train step, init, ready" for kind in kinds) + " |",
       "|---" * (2 + len(kinds)) + "|", *rows]) + "\n"
   emit(table, args.out)
 
