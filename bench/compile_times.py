@@ -15,8 +15,9 @@ Reported: the train step's compile time (what the driver logs as "train step com
 or "loaded from the compilation cache in"; tracing and lowering included), after it the
 model's initialisation (results.json's init_seconds, mostly compilation), and when the
 train step was ready, counted from the start of train.run (startup_seconds: data, init,
-optimizer state, config checks and the compile: what a user waits before the first step). That nothing
-compiles after the first epoch is a test (tests/test_train.py), not a benchmark. Configs
+optimizer state, config checks and the compile: what a user waits before the first
+step). That nothing compiles after the first epoch is a test (tests/test_train.py), not a
+benchmark. Configs
 whose data is not offline (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the
 same shapes;
 configs/lm_small.py and lm_1b.py are left out: they are for accelerators (lm_small's first
