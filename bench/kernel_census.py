@@ -4,7 +4,7 @@
 
 XLA:CPU compiles each *distinct* fused kernel once (through MLIR and LLVM) and reuses it for
 every identical one: same fused computation, same shapes, same parameter order. On this
-project's 2-core machine a distinct kernel costs about 8 ms of wall time whatever it
+project's 2-core machine a distinct kernel costs about 9 ms of wall time whatever it
 computes (an add or Adam's update alike), an identical one next to nothing (`--cost`
 measures both). So a first compile's time follows the count of distinct kernels, not the
 model's size or its count of kernels: a Transformer's identical blocks share theirs, while

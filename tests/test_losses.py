@@ -26,7 +26,6 @@ def test_softmax_cross_entropy_one_hot_equals_integer_labels():
   np.testing.assert_allclose(as_int, as_one_hot, rtol=1e-6)
 
 
-
 @pytest.mark.parametrize("shape", [(6, 10), (3, 5, 256)])  # class logits; LM tokens
 def test_integer_label_cross_entropy_equals_optax(shape):
   """The label's logit is picked by comparison (an elementwise gradient, not optax's gather
@@ -46,6 +45,7 @@ def test_integer_label_cross_entropy_equals_optax(shape):
 def test_integer_label_cross_entropy_is_nan_for_a_label_out_of_range():
   got = losses.softmax_cross_entropy(jnp.zeros((3, 4)), {"label": jnp.array([0, 4, -1])})
   assert np.isfinite(got[0]) and np.isnan(got[1]) and np.isnan(got[2])
+
 
 def test_mean_squared_error_hand_computed():
   got = losses.mean_squared_error(jnp.array([[1.0, 2.0], [0.0, 0.0]]),
