@@ -134,6 +134,23 @@ def test_npy_folder_is_memory_mapped_and_host_placement_reads_it_lazily(tmp_path
   np.testing.assert_allclose(eager.train.images.mean(), 0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_images_scaled_in_place_equal_the_straightforward_expression(channels, standardize):
+  raw = np.random.default_rng(0).integers(0, 256, (50, 6, 5, channels), dtype=np.uint8)
+  images = pipeline.LazyImages(raw, None, 255.0)
+  expected = raw.astype(np.float32) / np.float32(255.0)
+  if standardize:
+    mean, std = pipeline.channel_stats(images)
+    images = images.standardized(mean, std)
+    expected = (expected - mean) / std
+  rows = np.array([7, 0, 49, 7])
+  assert images[rows].dtype == np.float32
+  np.testing.assert_array_equal(images[rows], expected[rows])  # bit for bit, not just close
+  np.testing.assert_array_equal(np.asarray(images), expected)
+  assert expected.std() > 0.1  # (the images are not all one value)
+
+
 def test_resize_of_tfds_mock_data():
   import tensorflow_datasets as tfds
   config = _data_config(source="tfds", name="fashion_mnist", image_size=(14, 14))

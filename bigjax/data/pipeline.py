@@ -26,7 +26,9 @@ class LazyImages:
   def __init__(self, raw: np.ndarray, rows: np.ndarray | None, pixel_max: float,
                mean: np.ndarray | None = None, std: np.ndarray | None = None):
     self.raw, self.rows = raw, rows
-    self.pixel_max, self.mean, self.std = np.float32(pixel_max), mean, std
+    self.pixel_max = np.float32(pixel_max)
+    self.mean = None if mean is None else np.asarray(mean, np.float32)
+    self.std = None if std is None else np.asarray(std, np.float32)
 
   @property
   def shape(self) -> tuple:
@@ -61,9 +63,13 @@ class LazyImages:
     pixels[order] = self.raw[positions[order]]
     if not self.pixel_max:  # integer tokens: as they are
       return pixels
-    images = pixels.astype(np.float32) / self.pixel_max
+    # In place: one float array, not one per operation (each new array the size of the
+    # split costs more in fresh memory than the arithmetic); the same floats, bit for bit.
+    images = pixels.astype(np.float32)
+    np.divide(images, self.pixel_max, out=images)
     if self.mean is not None:
-      images = (images - self.mean) / self.std
+      np.subtract(images, self.mean, out=images)
+      np.divide(images, self.std, out=images)
     return images
 
   def __array__(self, dtype=None, copy=None) -> np.ndarray:
