@@ -23,7 +23,7 @@ from bigjax import (artifacts, checkpoint, compilation, data as data_lib, finetu
                     validate)
 from bigjax.data import augment as augment_lib, feed
 from bigjax.losses import build_loss
-from bigjax.models import build_model, init_variables
+from bigjax.models import build_model, run_traced_init, trace_init
 from bigjax.optimizers import build_optimizer
 from bigjax.preemption import Interrupted, SaveOnSignal  # noqa: F401 (Interrupted: for callers)
 from bigjax.registry import ConfigError, did_you_mean
@@ -66,7 +66,10 @@ def _is_writer() -> bool:
 class Setup:
   """Everything built before the loop, shared by training, evaluation and prediction."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, precompile: bool = False):
+    """precompile=True starts compiling the loop's train step (`precompiled_train`) in a
+    thread as soon as the state's shapes are known, alongside the model's init: what
+    train.run does. Evaluation, prediction and tests leave it off."""
     # (Schedules need the run's length, so the step count is known before the optimizer.)
     # ---------------------------------------------------------------- data
     t0 = time.perf_counter()
@@ -108,22 +111,30 @@ class Setup:
                     else f"{self.data.num_classes} classes")
                  + f" ({time.perf_counter() - t0:.1f} s)")
     # --------------------------------------------------------------- model
+    # Shapes first, values last: everything up to the compiled steps needs only the
+    # variables' shapes (a trace of the init), so the train step can compile in a thread
+    # while the init compiles and runs here.
     self.model = build_model(config.model)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
     t_init = time.perf_counter()
     with compilation.gc_paused():
-      variables = init_variables(self.model, init_rng, self.example_input)
-    self.init_seconds = time.perf_counter() - t_init  # mostly its compilation
-    outputs = jax.eval_shape(lambda: self.model.apply(variables, self.example_input))
+      traced_init = trace_init(self.model, init_rng, self.example_input)
+    init_trace_seconds = time.perf_counter() - t_init
+    variable_shapes = dict(traced_init.out_info)
+    outputs = jax.eval_shape(self.model.apply, variable_shapes, self.example_input)
     self.classifies = has_class_outputs(outputs, self.data.train.labels)
     self.base_model = self.model
     freeze = config.finetune.freeze
-    if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/lora.py)
-      variables = dict(variables)
-      variables["params"] = lora.add_adapters(variables["params"], config.lora.rank,
-                                              config.lora.targets,
-                                              jax.random.fold_in(init_rng, 1))
+
+    def with_adapters(variables):  # LoRA: train adapters on a frozen base (bigjax/lora.py)
+      if config.lora.rank <= 0:
+        return variables
+      return dict(variables, params=lora.add_adapters(
+          variables["params"], config.lora.rank, config.lora.targets,
+          jax.random.fold_in(init_rng, 1)))
+    if config.lora.rank > 0:
+      variable_shapes = jax.eval_shape(with_adapters, variable_shapes)
       self.model = lora.LoRAModel(self.base_model, config.lora.alpha / config.lora.rank)
       keep = config.lora.train_base  # base params that still train, e.g. a new head
       freeze = (f"^{lora.BASE}/" + (f"(?!{keep})" if keep else "")
@@ -135,34 +146,18 @@ class Setup:
                         else self.steps_per_epoch * config.train.num_epochs)
     self.loss_fn = build_loss(config.loss)
     self.tx = finetune.wrap_optimizer(
-        build_optimizer(config.optimizer, config.loss, self.total_steps), variables["params"],
-        finetune_config)
+        build_optimizer(config.optimizer, config.loss, self.total_steps),
+        variable_shapes["params"], finetune_config)
     param_dtype, tx = self.param_dtype, self.tx
 
     def initial_state(variables, rng):
       variables = dict(variables, params=cast_floats(variables["params"], param_dtype))
       return create_train_state(variables, tx, rng)
-    # Compiled as one program: op by op, the optimizer's init dispatches (and on first use
-    # compiles) a small program per leaf, about a second for a ResNet's or a ViT's.
-    with compilation.gc_paused():
-      state = jax.jit(initial_state)(variables, self.train_rng)
-    self.state_shardings = parallel.state_shardings(state, self.mesh, parallel_config)
-    self.initial_state = jax.device_put(state, self.state_shardings)
-    if self.mesh.shape["fsdp"] > 1:
-      logging.info("fsdp: %s", parallel.describe_shardings(self.state_shardings))
-    self.num_params = count_params(self.initial_state.params)
-    trainable, frozen = finetune.count_trainable(variables["params"], freeze)
-    self.num_trainable = trainable
-    logging.info("model: %s with %s parameters%s", config.model.name, f"{self.num_params:,}",
-                 f" ({trainable:,} trainable, {frozen:,} frozen"
-                 + (f"; LoRA rank {config.lora.rank}" if config.lora.rank > 0 else "")
-                 + ")" if frozen else "")
+    state_shapes = jax.eval_shape(initial_state, variable_shapes, self.train_rng)
+    self.state_shardings = parallel.state_shardings(state_shapes, self.mesh, parallel_config)
     # ------------------------------------------------------ augmentation
     self.augment = augment_lib.make_augmenter(
         config.data.get("augment"), outputs.shape[-1] if self.classifies else None)
-    if self.augment is not None:
-      logging.info("augmentation (train split, on the device): %s",
-                   augment_lib.describe(config.data.augment))
     # ------------------------------------------------------ jitted steps
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     step_options = dict(grad_accum_steps=config.train.grad_accum_steps,
@@ -230,6 +225,68 @@ class Setup:
     largest = max(len(s) for s in self.data.splits().values() if s is not self.data.train)
     n = self.mesh.size  # eval batches split over the devices too (padding is masked)
     self.eval_batch_size = -(-min(config.eval.batch_size, largest) // n) * n
+    self.batch_size = config.train.batch_size
+    self._precompiled = None  # (steps per call, state spec, BackgroundCompile)
+    if precompile and self.mode != "pmap":  # (pmap's state is one copy per device)
+      spec = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                   sharding=sharding),
+                          state_shapes, self.state_shardings)
+      images, labels = self.splits["train"]
+      self._precompiled = (self.steps_per_call, spec, compilation.BackgroundCompile(
+          lambda: self.lower_train(self.steps_per_call, spec, images, labels)))
+    # ------------------------------------------------------ the model's values
+    t_values = time.perf_counter()
+    with compilation.gc_paused():
+      variables = run_traced_init(traced_init, init_rng, self.example_input)
+    self.init_seconds = init_trace_seconds + time.perf_counter() - t_values  # mostly compile
+    variables = with_adapters(variables)
+    # Compiled as one program: op by op, the optimizer's init dispatches (and on first use
+    # compiles) a small program per leaf, about a second for a ResNet's or a ViT's.
+    with compilation.gc_paused():
+      state = jax.jit(initial_state)(variables, self.train_rng)
+    self.initial_state = jax.device_put(state, self.state_shardings)
+    if self.mesh.shape["fsdp"] > 1:
+      logging.info("fsdp: %s", parallel.describe_shardings(self.state_shardings))
+    self.num_params = count_params(self.initial_state.params)
+    trainable, frozen = finetune.count_trainable(variables["params"], freeze)
+    self.num_trainable = trainable
+    logging.info("model: %s with %s parameters%s", config.model.name, f"{self.num_params:,}",
+                 f" ({trainable:,} trainable, {frozen:,} frozen"
+                 + (f"; LoRA rank {config.lora.rank}" if config.lora.rank > 0 else "")
+                 + ")" if frozen else "")
+    if self.augment is not None:
+      logging.info("augmentation (train split, on the device): %s",
+                   augment_lib.describe(config.data.augment))
+
+  def lower_train(self, steps: int, state_spec, images, labels) -> jax.stages.Lowered:
+    """The function the loop calls for `steps` train steps per call, lowered for a state
+    of `state_spec` (shapes, dtypes, shardings) and the train split `images`, `labels` (for
+    host placement, their shapes only: batches come from the host)."""
+    if self.mode == "pmap":  # indices [devices, batch / devices]
+      shape = (len(self.devices), self.batch_size // len(self.devices))
+      return self.train_pmapped.lower(state_spec, images, labels, np.zeros(shape, np.int32))
+    if self.placement == "host":  # a batch already on the device
+      batch_spec = {"image": jax.ShapeDtypeStruct((self.batch_size, *images.shape[1:]),
+                                                  np.float32),
+                    "label": jax.ShapeDtypeStruct((self.batch_size, *labels.shape[1:]),
+                                                  labels.dtype)}
+      return self.train_on_batch.lower(state_spec, batch_spec)
+    fn, shape = ((self.train_on_indices, (self.batch_size,)) if steps == 1 else
+                 (self.train_many_on_indices, (steps, self.batch_size)))
+    return fn.lower(state_spec, images, labels, np.zeros(shape, np.int32))
+
+  def precompiled_train(self, steps: int, state_spec) -> compilation.BackgroundCompile | None:
+    """The train function compiling in the background since __init__ (precompile=True),
+    if it was started for `steps` per call and a state of exactly `state_spec`; else None."""
+    if self._precompiled is None:
+      return None
+    started_steps, started_spec, pending = self._precompiled
+    same = (started_steps == steps
+            and jax.tree.structure(started_spec) == jax.tree.structure(state_spec)
+            and all((a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+                    for a, b in zip(jax.tree.leaves(started_spec),
+                                    jax.tree.leaves(state_spec))))
+    return pending if same else None
 
   def _synced(self, result):
     return jax.block_until_ready(result) if self.sync_each_step else result
@@ -420,7 +477,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = termination.Target.parse(config.train.stop_when)
   early = config.train.early_stopping
 
-  setup = Setup(config)
+  setup = Setup(config, precompile=True)
   epoch_splits = split_names(config.eval.every_epoch, "config.eval.every_epoch", setup)
   final_splits = split_names(config.eval.at_end, "config.eval.at_end", setup)
   best_key = config.checkpoint.best_metric
@@ -462,6 +519,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   compiled: dict = {}
   compile_seconds = 0.0
   cache_loads = 0  # executables the persistent compilation cache supplied
+  alongside_init = False  # whether the train step compiled while the model initialised
   # Shapes only: the live state's buffers are donated to each call, so lower from these.
   state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=x.sharding), state)
@@ -469,26 +527,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def compiled_step(steps: int):
     """The train function for `steps` steps per call, compiled on first use: with k > 1,
     the one-step function is only needed when an epoch or log interval is not a multiple
-    of k, and compiling it anyway would cost as much as a second of a short run."""
-    nonlocal compile_seconds, cache_loads
+    of k, and compiling it anyway would cost as much as a second of a short run. The
+    first one usually started compiling in Setup, alongside the model's init."""
+    nonlocal compile_seconds, cache_loads, alongside_init
     if steps not in compiled:
+      pending = setup.precompiled_train(steps, state_spec)
+      if pending is not None:
+        alongside_init = True
+        compiled[steps] = pending.result()
+        compile_seconds += pending.seconds  # its own time, though partly hidden by init's
+        cache_loads += pending.cache_loads
+        return compiled[steps]
       t_compile = time.perf_counter()
-      with compilation.CompileCounter() as counter, compilation.gc_paused():
-        if pmap:  # indices [devices, batch / devices]
-          shape = (len(setup.devices), batch_size // len(setup.devices))
-          compiled[steps] = setup.train_pmapped.lower(state_spec, train_images, train_labels,
-                                                      np.zeros(shape, np.int32)).compile()
-        elif host:  # a batch already on the device
-          batch_spec = {"image": jax.ShapeDtypeStruct((batch_size, *train_images.shape[1:]),
-                                                      np.float32),
-                        "label": jax.ShapeDtypeStruct((batch_size, *train_labels.shape[1:]),
-                                                      train_labels.dtype)}
-          compiled[steps] = setup.train_on_batch.lower(state_spec, batch_spec).compile()
-        else:
-          fn, shape = ((setup.train_on_indices, (batch_size,)) if steps == 1 else
-                       (setup.train_many_on_indices, (steps, batch_size)))
-          compiled[steps] = fn.lower(state_spec, train_images, train_labels,
-                                     np.zeros(shape, np.int32)).compile()
+      with (compilation.CompileCounter(this_thread_only=True) as counter,
+            compilation.gc_paused()):
+        compiled[steps] = setup.lower_train(steps, state_spec, train_images,
+                                            train_labels).compile()
       compile_seconds += time.perf_counter() - t_compile
       cache_loads += counter.cache_loads
     return compiled[steps]
@@ -497,10 +551,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if step < total_steps:
     compiled_step(k)
     startup_seconds = time.perf_counter() - t_start
-    logging.info("train step %s in %.2f s (ready %.1f s after start); %d steps per epoch "
-                 "of %d, batch %d%s; %d steps in all",
+    logging.info("train step %s in %.2f s%s (ready %.1f s after start); %d steps per "
+                 "epoch of %d, batch %d%s; %d steps in all",
                  "loaded from the compilation cache" if cache_loads else "compiled",
-                 compile_seconds, startup_seconds, steps_per_epoch, n_train, batch_size,
+                 compile_seconds, ", alongside the model's init" if alongside_init else "",
+                 startup_seconds, steps_per_epoch, n_train, batch_size,
                  f", {k} steps per call" if k > 1 else "", total_steps)
 
   # --------------------------------------------------------------- loop

@@ -136,6 +136,65 @@ def test_gc_paused_restores_the_collector_as_it_found_it():
     gc.enable()
 
 
+def test_gc_paused_in_overlapping_threads_is_resumed_by_the_last_to_leave():
+  import gc
+  import threading
+  from bigjax.compilation import gc_paused
+  entered, release = threading.Event(), threading.Event()
+
+  def other_thread():
+    with gc_paused():
+      entered.set()
+      release.wait(30)
+  thread = threading.Thread(target=other_thread)
+  with gc_paused():
+    thread.start()
+    assert entered.wait(30)
+  assert not gc.isenabled()  # the other thread's block is still open
+  release.set()
+  thread.join()
+  assert gc.isenabled()
+
+
+def test_compile_counter_for_one_thread_ignores_compiles_in_others():
+  import threading
+  from bigjax.compilation import CompileCounter
+  with CompileCounter(this_thread_only=True) as mine, CompileCounter() as every:
+    thread = threading.Thread(target=lambda: jax.jit(lambda x: x * 5 - 2)(np.ones(3)))
+    thread.start()
+    thread.join()
+    jax.jit(lambda x: x * 7 - 2)(np.ones(3))
+  assert mine.count == 1 and every.count == 2
+
+
+def test_train_step_compiled_alongside_the_init_is_the_one_setup_compiles():
+  from bigjax.compilation import BackgroundCompile
+  config = _digits_config(steps_per_call=2)
+  setup = train.Setup(config, precompile=True)
+  state = setup.to_run_state(setup.initial_state)
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+  pending = setup.precompiled_train(2, spec)
+  assert pending is not None
+  assert setup.precompiled_train(1, spec) is None  # started for 2 steps per call only
+  other_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float16), spec)
+  assert setup.precompiled_train(2, other_spec) is None  # nor for another state
+  images, labels = setup.splits["train"]
+  fresh = setup.lower_train(2, spec, images, labels).compile()
+  indices = np.arange(64, dtype=np.int32).reshape(2, 32)
+  copy = lambda: jax.tree.map(lambda x: x.copy(), state)
+  a = pending.result()(copy(), images, labels, indices)
+  b = fresh(copy(), images, labels, indices)
+  assert pending.seconds > 0
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert int(a[0].step) == 2
+
+  def fails():
+    raise ValueError("a loss that does not fit the labels")
+  with pytest.raises(ValueError, match="does not fit"):  # raised where the result is taken
+    BackgroundCompile(fails).result()
+
+
 def test_second_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
   cache = tmp_path / "cache"
   args = ("--config=configs/digits.py", "--config.train.num_epochs=1",

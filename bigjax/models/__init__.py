@@ -53,15 +53,32 @@ def init_variables(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> di
 
   `example_x` only supplies shapes; one example is enough.
   """
-  params_rng, dropout_rng = jax.random.split(rng)
-  rngs = {"params": params_rng, "dropout": dropout_rng}
-  # Compiled: run op by op, a ResNet's init takes seconds; the draws are the same either way.
-  init = jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rngs, example_x))):
-    return dict(init(rngs, example_x))  # traced (e.g. under eval_shape): nothing compiles
-  lowered = init.lower(rngs, example_x)
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, example_x))):
+    # traced (e.g. under eval_shape): nothing compiles
+    return dict(_jitted_init(model)(_init_rngs(rng), example_x))
+  return run_traced_init(trace_init(model, rng, example_x), rng, example_x)
+
+
+def trace_init(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> jax.stages.Traced:
+  """The model's init traced but not compiled: its `out_info` are the variables' shapes,
+  known before any compile, and `run_traced_init` compiles and runs this same trace."""
+  return _jitted_init(model).trace(_init_rngs(rng), example_x)
+
+
+def run_traced_init(traced: jax.stages.Traced, rng: jax.Array, example_x: jax.Array) -> dict:
+  """The variables `trace_init(model, rng, example_x)` traced, compiled and computed."""
   options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
-  return dict(lowered.compile(compiler_options=options)(rngs, example_x))
+  return dict(traced.lower().compile(compiler_options=options)(_init_rngs(rng), example_x))
+
+
+def _init_rngs(rng: jax.Array) -> dict:
+  params_rng, dropout_rng = jax.random.split(rng)
+  return {"params": params_rng, "dropout": dropout_rng}
+
+
+def _jitted_init(model: nn.Module):
+  # Compiled: run op by op, a ResNet's init takes seconds; the draws are the same either way.
+  return jax.jit(lambda rngs, x: model.init(rngs, x, train=False))
 
 
 # Init runs once, and most of its compile time on CPUs is LLVM optimising the random-bit
