@@ -123,9 +123,10 @@ class CompileCounter:
 
 class BackgroundCompile:
   """`lower()` traced, lowered and compiled in a thread of its own, with the collector
-  paused: XLA compiles with more than one thread but seldom keeps two cores busy, so a
-  compile that runs alongside other start-up work (the model's init, itself mostly a
-  compile) finishes sooner than the two one after the other.
+  paused: XLA compiles with more than one thread but often leaves part of a second core
+  idle (the ViT's and lm_tiny's init do), so a compile that runs alongside other start-up
+  work (the model's init, itself mostly a compile) can finish sooner than the two one
+  after the other; where both already keep two cores busy (ResNet-20) it gains nothing.
 
     pending = BackgroundCompile(lambda: f.lower(spec))
     executable = pending.result()  # waits; re-raises the compile's error

@@ -283,9 +283,7 @@ class Setup:
     started_steps, started_spec, pending = self._precompiled
     same = (started_steps == steps
             and jax.tree.structure(started_spec) == jax.tree.structure(state_spec)
-            and all((a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
-                    for a, b in zip(jax.tree.leaves(started_spec),
-                                    jax.tree.leaves(state_spec))))
+            and jax.tree.leaves(started_spec) == jax.tree.leaves(state_spec))
     return pending if same else None
 
   def _synced(self, result):
