@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import importlib.metadata
 import json
 import os
 from typing import Any
@@ -164,11 +165,12 @@ def write_report(workdir: str, config, results: dict, class_names, model_summary
 
 def _library_versions(environment: dict) -> dict[str, Any]:
   versions = dict(environment)
-  for name in ("orbax.checkpoint", "numpy", "tensorflow_datasets"):
+  # From the installed packages' metadata: importing TFDS only to ask costs 0.2-0.6 s.
+  for key, distribution in (("orbax", "orbax-checkpoint"), ("numpy", "numpy"),
+                            ("tensorflow_datasets", "tensorflow-datasets")):
     try:
-      module = __import__(name, fromlist=["__version__"])
-      versions[name.split(".")[0]] = getattr(module, "__version__", "?")
-    except ImportError:
+      versions[key] = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
       pass
   versions["jaxlib backend"] = jax.default_backend()
   return versions

@@ -91,6 +91,46 @@ def test_a_run_writes_pictures_report_csv_and_tensorboard(finished_run):
   assert events.Scalars("test/accuracy")[-1].value == pytest.approx(results["test_accuracy"])
 
 
+def _red_pixels(path) -> int:
+  from PIL import Image
+  with Image.open(path) as image:
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+  return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (16, 40, 3)])
+def test_prediction_grid_frames_the_mistakes_and_only_them(tmp_path, shape):
+  from PIL import Image
+  from bigjax import plots
+  images = np.random.default_rng(0).random((7, *shape)).astype(np.float32)
+  images[..., 0] *= 0.5  # colour images with no red of their own: red is the frames' and titles'
+  labels = np.arange(7) % 3
+  names = ["cat", "dog", "bird"]
+  right = str(tmp_path / "right.png")
+  plots.prediction_grid(images, labels, labels, np.full(7, 0.9), names, right, "all right")
+  wrong = labels.copy()
+  wrong[[1, 5]] = (wrong[[1, 5]] + 1) % 3
+  mistakes = str(tmp_path / "mistakes.png")
+  plots.prediction_grid(images, labels, wrong, np.full(7, 0.9), names, mistakes, "two wrong")
+  assert _red_pixels(right) == 0
+  # Two frames of 3 points around images of 1.9 inches (at 100 dpi): well over 1000 pixels.
+  assert _red_pixels(mistakes) > 1000
+  with Image.open(mistakes) as image:
+    width, height = image.size
+  # 5 columns and 2 rows; a wide image's row is lower than a square one's.
+  assert width > 1000 and (height < 600 if shape[0] < shape[1] else height > 500)
+
+
+def test_report_names_library_versions_without_importing_them():
+  import subprocess
+  import sys
+  code = ("import sys; from bigjax import artifacts; v = artifacts._library_versions({}); "
+          "print(sorted(v), 'tensorflow_datasets' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+  assert out.strip() == ("['jaxlib backend', 'numpy', 'orbax', 'tensorflow_datasets'] False")
+
+
 def test_report_renders_in_a_headless_browser(finished_run):
   browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
                   if shutil.which(b)), None)
