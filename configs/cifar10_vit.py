@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 128
     config.train.num_epochs = 50 if not small else 1
     config.train.steps_per_call = 1
+    config.eval.batch_size = 64  # 5,000 images in 12.7-14 s against 19.6-20.6 s in 1000s (CPU)
     config.optimizer.schedule.warmup_steps = 5 * (45_000 // 128) if not small else 0
   config.lock()
   return config

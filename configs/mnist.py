@@ -37,10 +37,11 @@ BATCH_SIZES = {"mlp": 32, "mlp2": 64, "mlp3": 64, "cnn": 64}
 # the per-call overhead is a large part of a small step. 1 for convolutions, which XLA:CPU
 # runs 8x slower inside a scan (jax-ml/jax#12868). bench/steps_per_call.py measures both.
 STEPS_PER_CALL = {"mlp": 10, "mlp2": 10, "mlp3": 10, "cnn": 1}
-# Evaluation batches: the CNN's im2col convolutions on a CPU evaluated Fashion-MNIST's 10,000
-# test images in 0.9-1.0 s in batches of 128 and 2.3-2.7 s in batches of 1000, whose columns
-# no longer fit in cache; the MLPs take 0.04-0.06 s either way. (Only speed: the same sums.)
-EVAL_BATCH_SIZES = {"mlp": 1000, "mlp2": 1000, "mlp3": 1000, "cnn": 128}
+# Evaluation batches: the CNN's im2col columns must stay in the CPU's cache. Fashion-MNIST's
+# 10,000 test images took 0.85-1.05 s in batches of 64, 0.97-2.6 s in batches of 128 (slow
+# whenever the shared 32 MB L3 was busy) and 2.3-2.7 s in batches of 1000; the MLPs take
+# 0.04-0.06 s either way. (Only speed: the same sums.) A GPU barely notices 64.
+EVAL_BATCH_SIZES = {"mlp": 1000, "mlp2": 1000, "mlp3": 1000, "cnn": 64}
 
 
 def parse_arg(arg: str | None) -> tuple[str, bool]:
