@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigjax import lora, report, summary
+from bigjax import lora, metrics, report, summary
 
 GRID_SIZE = 25  # the lessons' 5x5 grid
 
@@ -81,8 +81,11 @@ def prediction_pictures(workdir: str, split: str, images: np.ndarray, labels: np
   return pictures
 
 
-def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
-  """Pictures, then report.md and report.html, at the end of training."""
+def final_outputs(workdir: str, config, setup, state, results: dict,
+                  outputs: np.ndarray | None = None) -> None:
+  """Pictures, then report.md and report.html, at the end of training. `outputs`: the
+  model's outputs for the picture split's examples, when its final evaluation kept them
+  (else they are computed here)."""
   from bigjax import plots
   pictures: list[report.Picture] = []
   if config.report.plots:
@@ -91,9 +94,10 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
     split = picture_split(results["metrics"])
     values = results["metrics"][split]
     images, labels = setup.splits[split]
+    if outputs is None and (setup.classifies or setup.data.is_regression):
+      outputs = setup.outputs(state, images)
     if not setup.classifies:
       if setup.data.is_regression:  # (regression models have one output; validated)
-        outputs = setup.outputs(state, images)
         pictures.append(report.Picture(
             plots.predicted_vs_true(np.asarray(labels), outputs[:, 0],
                                     os.path.join(workdir, f"predicted_vs_true_{split}.png"),
@@ -108,7 +112,7 @@ def final_outputs(workdir: str, config, setup, state, results: dict) -> None:
                                  os.path.join(workdir, f"confusion_matrix_{split}.png"),
                                  f"Confusion matrix, {split} ({values['count']:,} examples)"),
           f"Confusion matrix on the {split} split."))
-    probabilities = setup.probabilities(state, images)
+    probabilities = metrics.softmax_probabilities(outputs)
     pictures += prediction_pictures(workdir, split, np.asarray(images), np.asarray(labels),
                                     probabilities, setup.data.class_names, setup.data.stats)
   write_report_if(config, workdir, results, setup, state, pictures)

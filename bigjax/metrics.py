@@ -260,3 +260,10 @@ def lower_is_better(name: str) -> bool:
   base = name.rsplit("/", 1)[-1]
   return any(word in base for word in ("loss", "mse", "mae", "error", "perplexity",
                                        "bits_per"))
+
+
+def softmax_probabilities(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities [N, C] (float32) from logits, computed in float64 on the host."""
+  logits = np.asarray(logits, np.float64)
+  exp = np.exp(logits - logits.max(-1, keepdims=True))
+  return (exp / exp.sum(-1, keepdims=True)).astype(np.float32)

@@ -191,17 +191,20 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
 
 def make_eval_step(model: nn.Module, loss_fn: LossFn,
                    metric_names: Sequence[str] = ("loss", "accuracy"),
-                   compute_dtype=None) -> Callable:
+                   compute_dtype=None, with_outputs: bool = False) -> Callable:
   """A pure `eval_step(state, batch) -> {sum name: weighted batch sum}` for the named
-  metrics (bigjax.metrics); `metrics.finalize` or `metrics.compute` turns sums into values."""
+  metrics (bigjax.metrics); `metrics.finalize` or `metrics.compute` turns sums into values.
+  with_outputs: `-> (sums, outputs [B, ...] as float32)`, the model's outputs of the same
+  forward pass (what pictures of predictions need, without a second pass over the split)."""
   sum_fns = metrics_lib.sum_functions(metric_names)
 
-  def eval_step(state: TrainState, batch: dict) -> dict:
+  def eval_step(state: TrainState, batch: dict):
     logits = predict_logits(model, state, batch["image"], compute_dtype)
     per_example = loss_fn(logits, batch)
     _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
-    return metrics_lib.compute_sums(sum_fns, logits, batch["label"], example_weights(batch),
+    sums = metrics_lib.compute_sums(sum_fns, logits, batch["label"], example_weights(batch),
                                     per_example)
+    return (sums, logits.astype(jnp.float32)) if with_outputs else sums
 
   return eval_step
 

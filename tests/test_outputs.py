@@ -254,6 +254,32 @@ def test_metric_names_known_before_training_are_the_ones_evaluation_gives(spec):
   assert setup.metric_value_names() == set(metrics.scalars(evaluated))
 
 
+def test_evaluation_that_keeps_the_outputs_gives_the_same_metrics_and_outputs():
+  setup = train.Setup(_config())
+  state = setup.initial_state
+  images, labels = setup.splits["test"]
+  assert len(labels) % setup.eval_batch_size  # a padded last batch, trimmed from the outputs
+  values, outputs = setup.evaluate(state, "test", with_outputs=True)
+  assert values == setup.evaluate(state, "test")
+  assert outputs.shape == (len(labels), 10) and outputs.dtype == np.float32
+  np.testing.assert_allclose(outputs, setup.outputs(state, images), rtol=1e-6, atol=1e-6)
+  assert (outputs.argmax(-1) == np.asarray(labels)).mean() == pytest.approx(values["accuracy"])
+
+
+@pytest.mark.parametrize("every_epoch, passes", [("validation", 0), ("validation,test", 1)])
+def test_pictures_use_the_final_evaluations_outputs(every_epoch, passes, tmp_path, monkeypatch):
+  """The test split's final evaluation keeps the model's outputs for the pictures; only a
+  split already evaluated at the last step (so not evaluated again) needs its own pass."""
+  calls = []
+  separate_pass = train.Setup.outputs
+  monkeypatch.setattr(train.Setup, "outputs",
+                      lambda self, *args: calls.append(1) or separate_pass(self, *args))
+  config = _config(**{"train.num_epochs": 1, "eval.every_epoch": every_epoch})
+  train.run(config, str(tmp_path))
+  assert len(calls) == passes
+  assert os.path.getsize(tmp_path / "confident_mistakes_test.png") > 1000
+
+
 def test_bad_metric_and_split_names_fail_before_training(tmp_path):
   with pytest.raises(ConfigError, match=r'Unknown metric "acc".*Known metrics'):
     train.run(_config(**{"eval.metrics": "loss,acc"}), str(tmp_path / "a"))
