@@ -137,7 +137,8 @@ def _free_port() -> int:
 @pytest.mark.parametrize("placement", ["device", "host"])
 def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   """JAX's multi-host runtime on one machine: 2 processes x 4 CPU devices, each reading its
-  own share of every batch (host placement), equal to one device's training."""
+  own share of every batch (host placement), equal to one device's training; process 0
+  draws the pictures from every process's outputs."""
   env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
              JAX_NUM_PROCESSES="2")
   script = os.path.join("tests", "helpers", "multihost.py")
@@ -154,3 +155,7 @@ def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   assert result["test_loss"] == pytest.approx(eight_devices["one_test_loss"], rel=1e-5)
   assert not any(l.startswith("RESULT ") for l in outputs[1][0].splitlines())
   assert (tmp_path / "run" / "results.json").exists()  # written once, by process 0
+  # The pictures gather both processes' outputs in the split's order (a wrong order would
+  # not reproduce the evaluation's accuracy).
+  assert result["pictured_accuracy"] == result["test_accuracy"]
+  assert (tmp_path / "run" / "predictions_test.png").exists()

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import jax  # noqa: E402
 
-from bigjax import parallel, train  # noqa: E402
+from bigjax import artifacts, parallel, train  # noqa: E402
 from tests.helpers.multidevice import config  # noqa: E402
 
 
@@ -18,12 +18,23 @@ def main(root, placement):
   c = config()
   with c.unlocked():
     c.data.placement = placement
+    c.report.plots = True  # the pictures: drawn by process 0 from every process's outputs
   parallel.maybe_initialize_distributed(c.parallel)
+  pictured = {}  # the pictures' view of the test split: every process's outputs, in order
+  draw = artifacts.prediction_pictures
+
+  def recording(workdir, split, images, labels, probabilities, *args):
+    pictured["accuracy"] = float((probabilities.argmax(-1) == labels).mean())
+    return draw(workdir, split, images, labels, probabilities, *args)
+
+  artifacts.prediction_pictures = recording
   results = train.run(c, root)
   if jax.process_index() == 0:
     print("RESULT " + json.dumps({"processes": jax.process_count(),
                                   "devices": jax.device_count(),
                                   "test_loss": results["test_loss"],
+                                  "test_accuracy": results["test_accuracy"],
+                                  "pictured_accuracy": pictured.get("accuracy"),
                                   "steps": results["steps"]}))
 
 
