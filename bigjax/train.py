@@ -793,6 +793,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for split in final_splits:
     if evaluated_at.get(split) == step:  # already evaluated at this step
       final[split] = latest[split]
+      if split == picture_split:  # its outputs, from every process (collective)
+        _, picture_outputs = setup.evaluate(state, split, with_outputs=True)
       continue
     if split == picture_split:
       final[split], picture_outputs = setup.evaluate(state, split, with_outputs=True)

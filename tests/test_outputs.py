@@ -266,17 +266,26 @@ def test_evaluation_that_keeps_the_outputs_gives_the_same_metrics_and_outputs():
   assert (outputs.argmax(-1) == np.asarray(labels)).mean() == pytest.approx(values["accuracy"])
 
 
-@pytest.mark.parametrize("every_epoch, passes", [("validation", 0), ("validation,test", 1)])
+@pytest.mark.parametrize("every_epoch, passes", [("validation", 1), ("validation,test", 2)])
 def test_pictures_use_the_final_evaluations_outputs(every_epoch, passes, tmp_path, monkeypatch):
   """The test split's final evaluation keeps the model's outputs for the pictures; only a
-  split already evaluated at the last step (so not evaluated again) needs its own pass."""
-  calls = []
-  separate_pass = train.Setup.outputs
-  monkeypatch.setattr(train.Setup, "outputs",
-                      lambda self, *args: calls.append(1) or separate_pass(self, *args))
+  split already evaluated at the last step (so not evaluated again) needs a pass of its own."""
+  test_passes = []
+  evaluate, outputs = train.Setup.evaluate, train.Setup.outputs
+
+  def counted_evaluate(self, state, split, **kwargs):
+    test_passes.extend([split] if split == "test" else [])
+    return evaluate(self, state, split, **kwargs)
+
+  def counted_outputs(self, state, images):
+    test_passes.append("outputs")
+    return outputs(self, state, images)
+
+  monkeypatch.setattr(train.Setup, "evaluate", counted_evaluate)
+  monkeypatch.setattr(train.Setup, "outputs", counted_outputs)
   config = _config(**{"train.num_epochs": 1, "eval.every_epoch": every_epoch})
   train.run(config, str(tmp_path))
-  assert len(calls) == passes
+  assert test_passes == ["test"] * passes
   assert os.path.getsize(tmp_path / "confident_mistakes_test.png") > 1000
 
 
