@@ -97,7 +97,7 @@ class CompileCounter:
     self.seconds = 0.0
     self._lock = threading.Lock()
     self._this_thread_only = this_thread_only
-    self._thread = threading.get_ident()
+    self._thread = None  # the entering thread's id
 
   def _listen(self, event: str, duration_secs: float, **kwargs) -> None:
     del kwargs

@@ -164,11 +164,10 @@ class Setup:
                         update_model_state=not config.finetune.freeze_batch_stats,
                         compute_dtype=self.compute_dtype)
     train_step = make_train_step(self.model, self.loss_fn, self.tx, **step_options)
-    eval_step = make_eval_step(self.model, self.loss_fn, self.metric_names,
-                               compute_dtype=self.compute_dtype)
-    eval_step_with_outputs = make_eval_step(self.model, self.loss_fn, self.metric_names,
-                                            compute_dtype=self.compute_dtype,
-                                            with_outputs=True)
+    eval_steps = {with_outputs: make_eval_step(self.model, self.loss_fn, self.metric_names,
+                                               compute_dtype=self.compute_dtype,
+                                               with_outputs=with_outputs)
+                  for with_outputs in (False, True)}
     on_mesh = lambda batch: jax.lax.with_sharding_constraint(batch, self.batch_sharding)
 
     def augmented(state, batch, axis_name=None):
@@ -189,12 +188,12 @@ class Setup:
     def train_on_indices(state, images, labels, indices):
       return train_on_batch(state, gather_batch(images, labels, indices))
 
-    def eval_on_indices(state, images, labels, indices, mask):
-      return eval_step(state, on_mesh(gather_batch(images, labels, indices, mask)))
+    def eval_on_indices(state, images, labels, indices, mask, with_outputs=False):
+      return eval_steps[with_outputs](state, on_mesh(gather_batch(images, labels, indices,
+                                                                  mask)))
 
-    def eval_with_outputs_on_indices(state, images, labels, indices, mask):
-      return eval_step_with_outputs(state, on_mesh(gather_batch(images, labels, indices,
-                                                                mask)))
+    def eval_on_batch(state, batch, with_outputs=False):
+      return eval_steps[with_outputs](state, on_mesh(batch))
 
     def outputs_of(state, images):
       return predict_logits(self.model, state, on_mesh(images),
@@ -210,14 +209,11 @@ class Setup:
                    "per prefetched batch", self.steps_per_call)
       self.steps_per_call = 1
     self.train_many_on_indices = jax.jit(scan_steps(train_on_indices), donate_argnums=0)
-    self.eval_on_indices = jax.jit(eval_on_indices)
-    self.eval_with_outputs_on_indices = jax.jit(eval_with_outputs_on_indices)
+    self.eval_on_indices = jax.jit(eval_on_indices, static_argnames="with_outputs")
     self.outputs_on_indices = jax.jit(outputs_on_indices)
     # The host path's steps take batches that are already on the device.
     self.train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
-    self.eval_on_batch = jax.jit(lambda state, batch: eval_step(state, on_mesh(batch)))
-    self.eval_with_outputs_on_batch = jax.jit(
-        lambda state, batch: eval_step_with_outputs(state, on_mesh(batch)))
+    self.eval_on_batch = jax.jit(eval_on_batch, static_argnames="with_outputs")
     self.outputs_on_batch = jax.jit(outputs_of)
     if self.mode == "pmap":
       # The same pure step per device on its share of the batch, sums added over devices.
@@ -344,11 +340,11 @@ class Setup:
     if self.placement == "host":
       batches = self.host_feed(dict(image=images[i], label=labels[i], mask=m)
                                for i, m in zip(self.local_share(indices), self.local_share(mask)))
-      step = self.eval_with_outputs_on_batch if with_outputs else self.eval_on_batch
-      results = [self._synced(step(state, batch)) for batch in batches]
+      results = [self._synced(self.eval_on_batch(state, batch, with_outputs=with_outputs))
+                 for batch in batches]
     else:
-      step = self.eval_with_outputs_on_indices if with_outputs else self.eval_on_indices
-      results = [self._synced(step(state, images, labels, batch_indices, batch_mask))
+      results = [self._synced(self.eval_on_indices(state, images, labels, batch_indices,
+                                                   batch_mask, with_outputs=with_outputs))
                  for batch_indices, batch_mask in zip(indices, mask)]
     batch_sums = [r[0] for r in results] if with_outputs else results
     # Per-batch sums stay on the device until here: one transfer, then float64 totals.
@@ -356,11 +352,7 @@ class Setup:
                                  metrics_lib.total(jax.device_get(batch_sums)))
     if not with_outputs:
       return values
-    batch_outputs = [r[1] for r in results]
-    if jax.process_count() > 1:  # each process holds its rows: all gather them (collective)
-      from jax.experimental import multihost_utils
-      batch_outputs = multihost_utils.process_allgather(batch_outputs, tiled=True)
-    return values, np.concatenate(jax.device_get(batch_outputs))[:len(labels)]
+    return values, _all_rows([r[1] for r in results], len(labels))
 
   def metric_value_names(self) -> set[str]:
     """The single-number values evaluation gives (e.g. "f1_macro"), from the shapes of one
@@ -372,11 +364,11 @@ class Setup:
         indices, mask = data_lib.padded_batches(min(len(labels), 8), 8)
         shapes = jax.eval_shape(self.eval_on_batch, self.initial_state,
                                 dict(image=images[indices[0]], label=labels[indices[0]],
-                                     mask=mask[0]))
+                                     mask=mask[0]), with_outputs=False)
       else:  # evaluate()'s own call, so its first evaluation reuses this trace
         indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
         shapes = jax.eval_shape(self.eval_on_indices, self.initial_state, images, labels,
-                                indices[0], mask[0])
+                                indices[0], mask[0], with_outputs=False)
     # Ones, not zeros: no metric divides by zero on the way to its names.
     sums = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
     values = metrics_lib.compute(self.metric_names, metrics_lib.total([sums]))
@@ -384,18 +376,29 @@ class Setup:
 
   def outputs(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """The model's outputs [N, C] (eval mode) for model-ready images [N, H, W, C] (on the
-    device, or host arrays/lazy images read batch by batch)."""
+    device, or host arrays/lazy images read batch by batch); across processes, a collective
+    that gives every process all the rows."""
     indices, _ = data_lib.padded_batches(len(images), self.eval_batch_size)
     if isinstance(images, jax.Array):
       out = [self._synced(self.outputs_on_indices(state, images, batch)) for batch in indices]
     else:
       out = [self._synced(self.outputs_on_batch(state, batch))
              for batch in self.host_feed(images[i] for i in self.local_share(indices))]
-    return np.concatenate(jax.device_get(out))[:len(images)]
+    return _all_rows(out, len(images))
 
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """Softmax class probabilities [N, C] for model-ready images [N, H, W, C]."""
     return metrics_lib.softmax_probabilities(self.outputs(state, images))
+
+
+def _all_rows(batch_outputs: list, n: int) -> np.ndarray:
+  """Per-batch device outputs as one host array of the first n rows (the rest: padding).
+  Across processes each holds its rows of every batch: all gather them (a collective, so
+  every process must call)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    batch_outputs = multihost_utils.process_allgather(batch_outputs, tiled=True)
+  return np.concatenate(jax.device_get(batch_outputs))[:n]
 
 
 def _environment() -> dict:
