@@ -7,6 +7,11 @@ import sys
 
 import pytest
 
+# The suite's fake-device and bit-identical tests are about the CPU: on a machine whose
+# jaxlib sees a GPU they would otherwise run there (set before any test imports jax;
+# subprocesses inherit it).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `configs` is a folder of the repo, not part of the package
   sys.path.insert(0, REPO_ROOT)

@@ -65,7 +65,9 @@ def test_mixup_mixes_images_and_labels_with_one_weight():
   images = jnp.stack([jnp.zeros((2, 2, 1)), jnp.ones((2, 2, 1))])
   labels = jax.nn.one_hot(jnp.array([0, 1]), 3)
   mixed, soft = augment.mixup(images, labels, jnp.float32(0.75), jnp.array([1, 0]))
-  np.testing.assert_allclose(mixed[0], 0.25) and np.testing.assert_allclose(mixed[1], 0.75)
+  # (Two statements: assert_allclose returns None, so "a and b" would never check b.)
+  np.testing.assert_allclose(mixed[0], 0.25)
+  np.testing.assert_allclose(mixed[1], 0.75)
   np.testing.assert_allclose(soft, [[0.75, 0.25, 0.0], [0.25, 0.75, 0.0]])
 
 

@@ -56,6 +56,58 @@ def test_optimizer_hyperparameters_reach_the_optimizer():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, v)
 
 
+# Each built-in name against optax's own construction: a name wired to the wrong
+# optimizer or hyperparameter (nesterov without Nesterov, say) gives other updates.
+OPTAX_REFERENCES = {
+    "sgd": lambda lr: optax.sgd(lr),
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: optax.adam(lr),
+    "adamw": lambda lr: optax.adamw(lr, weight_decay=0.0),
+    "rmsprop": lambda lr: optax.rmsprop(lr),
+    "adagrad": lambda lr: optax.adagrad(lr),
+    "adafactor": lambda lr: optax.adafactor(lr),
+    "lamb": lambda lr: optax.lamb(lr, weight_decay=0.0),
+    "lion": lambda lr: optax.lion(lr, weight_decay=0.0),
+}
+
+
+def test_every_builtin_optimizer_has_an_optax_reference():
+  assert sorted(OPTAX_REFERENCES) == sorted(OPTIMIZERS.names())
+
+
+@pytest.mark.parametrize("name", sorted(OPTAX_REFERENCES))
+def test_builtin_optimizer_takes_optax_steps(name):
+  _, params, _ = _mlp()
+  # Gradients that change from step to step, so momentum and its variants differ.
+  grads_at = lambda i: jax.tree.map(lambda p: jnp.sin((3.0 + i) * p) + 0.1 * i, params)
+  ours = build_optimizer({"name": name, "learning_rate": 3e-2})
+  reference = OPTAX_REFERENCES[name](3e-2)
+  s, r, p_ours, p_ref = ours.init(params), reference.init(params), params, params
+  for i in range(4):
+    u, s = ours.update(grads_at(i), s, p_ours)
+    v, r = reference.update(grads_at(i), r, p_ref)
+    p_ours, p_ref = optax.apply_updates(p_ours, u), optax.apply_updates(p_ref, v)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               p_ours, p_ref)
+
+
+def test_nesterov_and_heavy_ball_momentum_really_differ():
+  """(So the parity test above can tell them apart.)"""
+  _, params, _ = _mlp()
+  grads_at = lambda i: jax.tree.map(lambda p: jnp.sin((3.0 + i) * p) + 0.1 * i, params)
+  finals = []
+  for name in ("momentum", "nesterov"):
+    tx = build_optimizer({"name": name, "learning_rate": 3e-2})
+    state, p = tx.init(params), params
+    for i in range(4):
+      u, state = tx.update(grads_at(i), state, p)
+      p = optax.apply_updates(p, u)
+    finals.append(p)
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1]))) > 1e-3
+
+
 def test_adam_with_weight_decay_equals_optax_adamw():
   model, params, batch = _mlp()
   grads = _grads(model, params, batch)

@@ -116,3 +116,95 @@ def test_scan_of_k_steps_equals_k_separate_steps():
   assert int(scanned.step) == 5 and stacked["loss"].shape == (5,)
   np.testing.assert_allclose(stacked["loss"], losses, rtol=1e-6)
   chex.assert_trees_all_close(scanned.params, separate.params, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- gradient scale, plain SGD
+# Adam ignores a gradient's scale and clipping rescales it, so the step's division by the
+# batch's total weight is checked under plain SGD with no clipping: the update must be
+# exactly -lr * grad(weighted mean loss), computed here independently of bigjax.steps.
+
+LR = 0.5
+
+
+def _tiny_mlp(batch=16):
+  model = build_model(dict(name="mlp", hidden_sizes=(8,), activation="relu",
+                           dropout_rate=0.0, num_classes=3))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (batch, 4, 4, 1))
+  y = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, 3)
+  params = init_variables(model, jax.random.PRNGKey(2), x[:1])["params"]
+  return model, params, {"image": x, "label": y}
+
+
+def _sgd_step(model, params, batch, grad_accum_steps=1):
+  tx = build_optimizer({"name": "sgd", "learning_rate": LR})
+  state = create_train_state({"params": params}, tx, jax.random.PRNGKey(0))
+  loss_fn = LOSSES.get("softmax_cross_entropy")
+  return jax.jit(make_train_step(model, loss_fn, tx, grad_accum_steps))(state, batch)
+
+
+def _reference_sgd(model, params, batch, weights):
+  """-lr * grad of sum(w * loss) / sum(w), by hand: log-softmax, picked label, mean."""
+  def weighted_mean_loss(p):
+    logits = model.apply({"params": p}, batch["image"])
+    per_example = -jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                       batch["label"][:, None], axis=1)[:, 0]
+    return (per_example * weights).sum() / weights.sum()
+  loss, grads = jax.value_and_grad(weighted_mean_loss)(params)
+  return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss
+
+
+def _assert_params_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+
+
+def _largest_difference(a, b):
+  return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a),
+                                                          jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("grad_accum_steps", [1, 2, 4])
+def test_sgd_update_is_minus_lr_times_the_weighted_mean_gradient(grad_accum_steps):
+  model, params, batch = _tiny_mlp()
+  mask = jnp.array([1.0] * 10 + [0.0] * 6)  # padding spread unevenly over micro-batches
+  weight = jnp.linspace(0.5, 2.0, 16)
+  batch = dict(batch, mask=mask, weight=weight)
+  state, step_metrics = _sgd_step(model, params, batch, grad_accum_steps)
+  expected, loss = _reference_sgd(model, params, batch, mask * weight)
+  _assert_params_close(state.params, expected)
+  assert float(step_metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)
+  # The check can fail: dividing by the padded batch size (16) instead of the total weight
+  # (about 11.7 here) gives an update 27% smaller, far outside the tolerance.
+  total = float((mask * weight).sum())
+  wrong_scale = jax.tree.map(lambda p, e: p + (e - p) * total / 16, params, expected)
+  assert _largest_difference(wrong_scale, expected) > 100 * _largest_difference(
+      state.params, expected)
+
+
+def test_sgd_padding_is_the_same_as_leaving_the_examples_out():
+  model, params, batch = _tiny_mlp()
+  padded, _ = _sgd_step(model, params, dict(batch, mask=jnp.array([1.0] * 12 + [0.0] * 4)))
+  trimmed, _ = _sgd_step(model, params, jax.tree.map(lambda x: x[:12], batch))
+  unmasked, _ = _sgd_step(model, params, batch)
+  _assert_params_close(padded.params, trimmed.params)
+  assert _largest_difference(unmasked.params, trimmed.params) > 1e-3  # padding would show
+
+
+def test_sgd_weight_of_two_is_the_same_as_showing_an_example_twice():
+  model, params, batch = _tiny_mlp()
+  doubled, _ = _sgd_step(model, params, dict(batch, weight=jnp.array([2.0] + [1.0] * 15)))
+  repeated, _ = _sgd_step(model, params, jax.tree.map(lambda x: jnp.concatenate([x[:1], x]),
+                                                      batch))
+  plain, _ = _sgd_step(model, params, batch)
+  _assert_params_close(doubled.params, repeated.params)
+  assert _largest_difference(plain.params, repeated.params) > 1e-4
+
+
+@pytest.mark.parametrize("grad_accum_steps", [2, 4])
+def test_sgd_accumulated_micro_batches_equal_one_big_batch(grad_accum_steps):
+  model, params, batch = _tiny_mlp()
+  batch = dict(batch, mask=jnp.array([1.0] * 10 + [0.0] * 6))
+  big, big_metrics = _sgd_step(model, params, batch)
+  small, small_metrics = _sgd_step(model, params, batch, grad_accum_steps)
+  _assert_params_close(small.params, big.params)
+  assert float(small_metrics["loss"]) == pytest.approx(float(big_metrics["loss"]), rel=1e-6)
+  assert float(small_metrics["accuracy"]) == pytest.approx(float(big_metrics["accuracy"]))

@@ -68,6 +68,11 @@ def main(root):
       then.train.num_steps = 40
     resumed = train.run(then, workdir)
     out[f"resume_{name}"] = [resumed["resumed_from_step"], resumed["steps"]]
+    # ...to the same parameters as 40 steps without the move (on the second's devices).
+    straight_dir = os.path.join(root, name + "_straight")
+    train.run(then, straight_dir)
+    out[f"resume_{name}_vs_straight"] = max_diff(params_of(workdir)[1],
+                                                 params_of(straight_dir)[1])
 
   # A small GPT on a text file: FSDP over 2 x 4 devices equals one device.
   from configs import lm_tiny
@@ -95,6 +100,13 @@ def main(root):
   out["bf16_param_dtypes"] = sorted({str(x.dtype) for x in jax.tree.leaves(bf16_params)})
   out["bf16_test_loss"] = bf16["test_loss"]
   out["bf16_vs_one"] = max_diff(params["one"], bf16_params)
+  # How far each layer's kernel moved in float32: a bfloat16 run that trains the same model
+  # moves every layer about as far (an input of 0 would leave the first layer in place).
+  init = train.Setup(runs["one"]).initial_state.params
+  out["one_kernel_moves"] = {name: max_diff(params["one"][name]["kernel"],
+                                            init[name]["kernel"]) for name in params["one"]}
+  out["bf16_kernel_moves"] = {name: max_diff(bf16_params[name]["kernel"],
+                                             init[name]["kernel"]) for name in bf16_params}
   print("RESULT " + json.dumps(out))
 
 
