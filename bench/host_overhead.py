@@ -1,6 +1,6 @@
 """How busy the driver keeps the device: its steady step time against pure compute time.
 
-  python bench/host_overhead.py [--workloads=mlp,mlp3,cnn] [--out=bench/results/x.md]
+  python -m bench.host_overhead [--workloads=mlp,mlp3,cnn] [--out=bench/results/x.md]
 
 For each configs/fashion_mnist.py workload: the driver's steady-state time per step
 (train.run: progress-rate clock, compilation and evaluation excluded, per-step host work,
@@ -18,14 +18,14 @@ import time
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, data as data_lib, train  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
-from _report import emit  # noqa: E402  (bench/ is the script's folder)
+from bigjax import cli, data as data_lib, train
+from bigjax.programs import Programs
+from configs import fashion_mnist
+from bench._report import emit
 
 
 def pure_ms_per_step(config, repeats: int = 5, calls: int = 100) -> float:
-  setup = train.Setup(config)
+  setup = Programs(config)
   state = setup.to_run_state(setup.initial_state)
   images, labels = setup.splits["train"]
   k, b = setup.steps_per_call, config.train.batch_size

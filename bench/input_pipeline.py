@@ -1,6 +1,6 @@
 """Input pipeline throughput and its cost in the CNN's train step (Fashion-MNIST).
 
-  python bench/input_pipeline.py [--batches=200] [--augment=crop_padding=2,flip_lr=1,...]
+  python -m bench.input_pipeline [--batches=200] [--augment=crop_padding=2,flip_lr=1,...]
       [--out=bench/results/input_pipeline_cpu2.md]
 
 1. The pipeline alone, in examples/s: each batch gathered and augmented (the config's
@@ -29,11 +29,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import train  # noqa: E402
-from bigjax.data import augment as augment_lib, feed, pipeline  # noqa: E402
-from bigjax.steps import gather_batch  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
+from bigjax import train
+from bigjax.programs import Programs
+from bigjax.data import augment as augment_lib, feed, pipeline
+from bigjax.steps import gather_batch
+from configs import fashion_mnist
 
 flags.DEFINE_integer("batches", 200, "Timed batches per repeat.")
 flags.DEFINE_string("augment", "crop_padding=2,flip_lr=1,rotate_degrees=10,cutout_size=6",
@@ -74,7 +74,7 @@ def main(argv):
     with config.unlocked():
       config.data.placement = placement
       config.data.augment.update(options)
-    setups[placement] = train.Setup(config)
+    setups[placement] = Programs(config)
   batch_size = 64
   setup = setups["device"]
   order = pipeline.epoch_permutation(0, 0, len(setup.data.train))
@@ -111,7 +111,7 @@ def main(argv):
   state = setup.initial_state
   fixed = jax.device_put({"image": np.asarray(setup.data.train.images[:batch_size]),
                           "label": setup.data.train.labels[:batch_size]})
-  plain = train.Setup(fashion_mnist.get_config("cnn"))  # no augmentation: the bare step
+  plain = Programs(fashion_mnist.get_config("cnn"))  # no augmentation: the bare step
 
   def bare():
     nonlocal state

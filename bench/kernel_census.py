@@ -1,6 +1,6 @@
 """What the train step's compile time is made of: its fused kernels, and how many distinct.
 
-  python bench/kernel_census.py [--only=SPEC,...] [--groups=12] [--cost]
+  python -m bench.kernel_census [--only=SPEC,...] [--groups=12] [--cost]
 
 XLA:CPU compiles each *distinct* fused kernel once (through MLIR and LLVM) and reuses it for
 every identical one: same fused computation, same shapes, same parameter order. On this
@@ -26,9 +26,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from compile_times import CONFIGS  # noqa: E402  (bench/ is the script's folder)
+from bench.compile_times import CONFIGS
 
 _COMPUTATION = re.compile(r"^(%[\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", re.S | re.M)
 _FUSION = re.compile(r" = (\S+) fusion\(.*kind=(k\w+).*calls=(%[\w.\-]+)")
@@ -65,6 +64,7 @@ def _train_step_hlo(spec: str, mock: bool) -> str:
   import jax
   import numpy as np
   from bigjax import cli, summary, train
+  from bigjax.programs import Programs
   cli._quiet_logs()
   config = summary.load_config_file(os.path.join(ROOT, "configs", spec))
   context = contextlib.nullcontext()
@@ -72,13 +72,14 @@ def _train_step_hlo(spec: str, mock: bool) -> str:
     import tensorflow_datasets as tfds
     context = tfds.testing.mock_data(num_examples=4 * config.train.batch_size)
   with context, contextlib.redirect_stdout(sys.stderr):  # Setup prints its summary
-    setup = train.Setup(config)
+    setup = Programs(config)
   state = setup.initial_state
   images, labels = setup.splits["train"]
   spec_of = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   indices = np.zeros(config.train.batch_size, np.int32)
-  traced = setup.train_on_indices.trace(jax.tree.map(spec_of, state), images, labels, indices)
-  return traced.lower().compile().as_text()
+  lowered = setup.train_on_indices.trace(jax.tree.map(spec_of, state), images, labels,
+                                         indices).lower()
+  return lowered.compile().as_text()
 
 
 def _kernel_cost(count: int = 100, repeats: int = 3) -> tuple[float, float]:

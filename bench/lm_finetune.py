@@ -1,7 +1,7 @@
 """Pre-train, then fine-tune: configs/lm_tiny.py fine-tuned on one topic file of the corpus
 against the same training from scratch (validation loss after the same number of steps).
 
-  python bench/lm_finetune.py --pretrained=WORKDIR [--topic=/usr/share/games/fortunes/work]
+  python -m bench.lm_finetune --pretrained=WORKDIR [--topic=/usr/share/games/fortunes/work]
       [--steps=300] [--out=bench/results/lm_finetune_cpu2.md]
 
 WORKDIR is an lm_tiny run pre-trained on the whole of Debian's fortunes (bench/lm_tiny.py
@@ -17,11 +17,11 @@ import tempfile
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jax  # noqa: E402
+import jax
 
-from bigjax import checkpoint, cli, train  # noqa: E402
-from configs import lm_tiny  # noqa: E402
+from bigjax import checkpoint, cli, train
+from bigjax.programs import Programs
+from configs import lm_tiny
 
 flags.DEFINE_string("pretrained", None, "Workdir of an lm_tiny run on the whole corpus.")
 flags.DEFINE_string("topic", "/usr/share/games/fortunes/work", "The fine-tuning text.")
@@ -50,7 +50,7 @@ def main(argv):
   cli._quiet_logs()
   rows = []
   # Zero-shot: the pre-trained params on the topic's validation split, before any tuning.
-  setup = train.Setup(_config())
+  setup = Programs(_config())
   step, params = checkpoint.latest_params(flags.FLAGS.pretrained)
   zero_shot = setup.evaluate(setup.initial_state.replace(params=params), "validation")
   rows.append((f"pre-trained only (step {step} on the whole corpus)", 0, zero_shot))

@@ -81,7 +81,7 @@ def prediction_pictures(workdir: str, split: str, images: np.ndarray, labels: np
   return pictures
 
 
-def final_outputs(workdir: str, config, setup, state, results: dict,
+def final_outputs(workdir: str, config, programs, state, results: dict,
                   outputs: np.ndarray | None = None) -> None:
   """Pictures, then report.md and report.html, at the end of training. `outputs`: the
   model's outputs for the picture split's examples, when its final evaluation kept them
@@ -89,42 +89,42 @@ def final_outputs(workdir: str, config, setup, state, results: dict,
   from bigjax import plots
   pictures: list[report.Picture] = []
   if config.report.plots:
-    pictures.append(report.Picture(plot_learning_curves(workdir, setup.steps_per_epoch),
+    pictures.append(report.Picture(plot_learning_curves(workdir, programs.steps_per_epoch),
                                    "Learning curves: loss, accuracy and learning rate."))
     split = picture_split(results["metrics"])
     values = results["metrics"][split]
-    images, labels = setup.splits[split]
-    if outputs is None and (setup.classifies or setup.data.is_regression):
-      outputs = setup.outputs(state, images)
-    if not setup.classifies:
-      if setup.data.is_regression:  # (regression models have one output; validated)
+    images, labels = programs.splits[split]
+    if outputs is None and (programs.classifies or programs.data.is_regression):
+      outputs = programs.outputs(state, images)
+    if not programs.classifies:
+      if programs.data.is_regression:  # (regression models have one output; validated)
         pictures.append(report.Picture(
             plots.predicted_vs_true(np.asarray(labels), outputs[:, 0],
                                     os.path.join(workdir, f"predicted_vs_true_{split}.png"),
                                     f"{split}: predicted against true "
                                     f"({len(outputs):,} examples)"),
             f"Predicted against true values on the {split} split."))
-      write_report_if(config, workdir, results, setup, state, pictures)
+      write_report_if(config, workdir, results, programs, state, pictures)
       return
     if "confusion_matrix" in values:
       pictures.append(report.Picture(
-          plots.confusion_matrix(values["confusion_matrix"], setup.data.class_names,
+          plots.confusion_matrix(values["confusion_matrix"], programs.data.class_names,
                                  os.path.join(workdir, f"confusion_matrix_{split}.png"),
                                  f"Confusion matrix, {split} ({values['count']:,} examples)"),
           f"Confusion matrix on the {split} split."))
     probabilities = metrics.softmax_probabilities(outputs)
     pictures += prediction_pictures(workdir, split, np.asarray(images), np.asarray(labels),
-                                    probabilities, setup.data.class_names, setup.data.stats)
-  write_report_if(config, workdir, results, setup, state, pictures)
+                                    probabilities, programs.data.class_names, programs.data.stats)
+  write_report_if(config, workdir, results, programs, state, pictures)
 
 
-def write_report_if(config, workdir: str, results: dict, setup, state, pictures: list) -> None:
+def write_report_if(config, workdir: str, results: dict, programs, state, pictures: list) -> None:
   if config.report.html:
-    params = (lora.merge(state.params, setup.model.scale) if lora.is_lora(state.params)
+    params = (lora.merge(state.params, programs.model.scale) if lora.is_lora(state.params)
               else state.params)
     variables = {"params": params, **state.model_state}
-    model_summary = summary.summarize(setup.base_model, variables, setup.example_input)
-    write_report(workdir, config, results, setup.data.class_names, model_summary, pictures)
+    model_summary = summary.summarize(programs.base_model, variables, programs.example_input)
+    write_report(workdir, config, results, programs.data.class_names, model_summary, pictures)
 
 
 def write_report(workdir: str, config, results: dict, class_names, model_summary: dict,

@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 import threading
-import time
 
 import jax
 
@@ -51,58 +50,40 @@ def enable_persistent_cache(directory: str) -> str | None:
   return directory
 
 
-_gc_lock = threading.Lock()
-_gc_pauses = 0  # gc_paused blocks entered and not yet left, in all threads
-_gc_was_enabled = False
-
-
 @contextlib.contextmanager
 def gc_paused():
   """Python's cyclic garbage collector off while entered (as it was on leaving). Tracing a
   model allocates objects by the hundred thousand, each batch of them triggering another
   collection, and once TensorFlow and JAX are imported every full collection walks a heap
-  of about 200,000 objects: the ViT's train step traced and lowered 28% faster on average
-  with the collector off (4 pairs, 8-35%). What tracing leaves behind is collected after,
-  as always. Blocks may overlap in several threads: the collector comes back on when the
-  last one is left, and only if it was on when the first was entered."""
-  global _gc_pauses, _gc_was_enabled
-  with _gc_lock:
-    if _gc_pauses == 0:
-      _gc_was_enabled = gc.isenabled()
-      gc.disable()
-    _gc_pauses += 1
+  of about 200,000 objects (bench/results/compile_times_vs_session_start_cpu2.md). What
+  tracing leaves behind is collected after, as always."""
+  was_enabled = gc.isenabled()
+  gc.disable()
   try:
     yield
   finally:
-    with _gc_lock:
-      _gc_pauses -= 1
-      if _gc_pauses == 0 and _gc_was_enabled:
-        gc.enable()
+    if was_enabled:
+      gc.enable()
 
 
 class CompileCounter:
-  """Counts compilations (and their seconds) while entered, in any thread, or with
-  this_thread_only=True in the entering thread only (JAX reports a compile in the thread
-  that compiles). An executable loaded from the persistent cache counts too: it was traced
-  and lowered again all the same.
+  """Counts compilations (and their seconds) while entered, in any thread (JAX reports a
+  compile in the thread that compiles). An executable loaded from the persistent cache
+  counts too: it was traced and lowered again all the same.
 
     with CompileCounter() as compiles:
       ...
     compiles.count, compiles.seconds, compiles.cache_loads
   """
 
-  def __init__(self, this_thread_only: bool = False):
+  def __init__(self):
     self.count = 0
     self.cache_loads = 0  # of `count`, those read from the persistent cache
     self.seconds = 0.0
     self._lock = threading.Lock()
-    self._this_thread_only = this_thread_only
-    self._thread = None  # the entering thread's id
 
   def _listen(self, event: str, duration_secs: float, **kwargs) -> None:
     del kwargs
-    if self._this_thread_only and threading.get_ident() != self._thread:
-      return
     # JAX times a cache load as a backend compile too, and adds its own load event.
     if event == BACKEND_COMPILE_EVENT:
       with self._lock:
@@ -113,47 +94,8 @@ class CompileCounter:
         self.cache_loads += 1
 
   def __enter__(self) -> "CompileCounter":
-    self._thread = threading.get_ident()
     jax.monitoring.register_event_duration_secs_listener(self._listen)
     return self
 
   def __exit__(self, *exc) -> None:
     jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
-class BackgroundCompile:
-  """`lower()` traced, lowered and compiled in a thread of its own, with the collector
-  paused: XLA compiles with more than one thread but often leaves part of a second core
-  idle (the ViT's and lm_tiny's init do), so a compile that runs alongside other start-up
-  work (the model's init, itself mostly a compile) can finish sooner than the two one
-  after the other; where both already keep two cores busy (ResNet-20) it gains nothing.
-
-    pending = BackgroundCompile(lambda: f.lower(spec))
-    executable = pending.result()  # waits; re-raises the compile's error
-    pending.seconds, pending.cache_loads  # its own duration, and whether from the cache
-  """
-
-  def __init__(self, lower):
-    self.seconds = 0.0
-    self.cache_loads = 0
-    self._lower = lower
-    self._executable = None
-    self._error: BaseException | None = None
-    self._thread = threading.Thread(target=self._compile, name="bigjax-compile")
-    self._thread.start()
-
-  def _compile(self) -> None:
-    start = time.perf_counter()
-    try:
-      with CompileCounter(this_thread_only=True) as counter, gc_paused():
-        self._executable = self._lower().compile()
-      self.cache_loads = counter.cache_loads
-    except BaseException as e:  # handed to the caller of result()
-      self._error = e
-    self.seconds = time.perf_counter() - start
-
-  def result(self):
-    self._thread.join()
-    if self._error is not None:
-      raise self._error
-    return self._executable

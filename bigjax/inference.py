@@ -14,14 +14,15 @@ import numpy as np
 from bigjax import checkpoint, metrics as metrics_lib
 from bigjax.data.images import load_image_files
 from bigjax.reporting import write_json
-from bigjax.train import Setup, _is_writer, split_names
+from bigjax.programs import Programs
+from bigjax.train import _is_writer
 
 logging = py_logging.getLogger(__name__)
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
-            step: str | int = "latest") -> tuple[Setup, Any, int]:
-  """(setup, train state, step) of a workdir's checkpoint: "latest", "best" or a step."""
+            step: str | int = "latest") -> tuple[Programs, Any, int]:
+  """(programs, train state, step) of a workdir's checkpoint: "latest", "best" or a step."""
   workdir = os.path.abspath(workdir)
   kind = checkpoint.BEST if step == "best" else checkpoint.LATEST
   folder = checkpoint.checkpoint_dir(workdir, kind)
@@ -34,23 +35,24 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
         f"(python run.py --config=... --workdir={workdir}).")
   chosen = checkpoint.pick_step(steps, step, folder)
   manager = checkpoint.make_manager(workdir, create=False, kind=kind)
-  setup = Setup(config)
-  state, _ = checkpoint.restore(manager, chosen, setup.initial_state,
-                                input_channels=setup.data.train.images.shape[-1])
+  programs = Programs(config)
+  state, _ = checkpoint.restore(manager, chosen, programs.initial_state,
+                                input_channels=programs.data.train.images.shape[-1])
   manager.close()
   logging.info("restored step %d from %s", chosen, folder)
-  return setup, state, chosen
+  return programs, state, chosen
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              splits: str | Sequence[str] | None = None, step: str | int = "latest") -> dict:
   """Evaluates a checkpoint on `splits` (default config.eval.at_end); writes
   eval_results.json (per split: every configured metric)."""
-  setup, state, chosen = restore(config, workdir, step)
-  names = split_names(splits if splits is not None else config.eval.at_end, "--split", setup)
+  programs, state, chosen = restore(config, workdir, step)
+  names = programs.split_names(splits if splits is not None else config.eval.at_end,
+                                "--split")
   results: dict[str, Any] = {"step": chosen, "checkpoint": str(step)}
   for split in names:
-    results[split] = setup.evaluate(state, split)
+    results[split] = programs.evaluate(state, split)
     logging.info("eval %s at step %d | %s (%d examples)", split, chosen, " ".join(
         f"{k} {v:.4f}" for k, v in metrics_lib.scalars(results[split]).items() if k != "count"),
         results[split]["count"])
@@ -63,21 +65,21 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
             files: Sequence[str] = (), step: str | int = "latest") -> str:
   """Writes predictions (class, its name, confidence, every class probability) for a split
   (predictions_<split>.csv) or for image files (predictions_files.csv); returns the path."""
-  setup, state, _ = restore(config, workdir, step)
-  if setup.data.is_regression:
-    return _predict_regression(setup, state, workdir, split, files)
-  names = setup.data.class_names
+  programs, state, _ = restore(config, workdir, step)
+  if programs.data.is_regression:
+    return _predict_regression(programs, state, workdir, split, files)
+  names = programs.data.class_names
   if files:
-    images = load_image_files(files, setup.data.train.images.shape[1:], setup.data.stats)
+    images = load_image_files(files, programs.data.train.images.shape[1:], programs.data.stats)
     keys, labels, out_name = list(files), None, "predictions_files.csv"
-    probabilities = setup.probabilities(state, jax.device_put(images))
+    probabilities = programs.probabilities(state, jax.device_put(images))
   else:
     split = split or "test"
-    setup.check_split(split, "--split")
-    images, labels = setup.splits[split]
+    programs.check_split(split, "--split")
+    images, labels = programs.splits[split]
     keys, out_name = list(range(len(labels))), f"predictions_{split}.csv"
     labels = np.asarray(labels)
-    probabilities = setup.probabilities(state, images)
+    probabilities = programs.probabilities(state, images)
   predicted = probabilities.argmax(-1)
   path = os.path.join(os.path.abspath(workdir), out_name)
   with open(path + ".tmp", "w", newline="") as f:
@@ -101,15 +103,15 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
   return path
 
 
-def _predict_regression(setup: Setup, state, workdir: str, split: str | None,
+def _predict_regression(programs: Programs, state, workdir: str, split: str | None,
                         files: Sequence[str]) -> str:
   if files:
     raise ValueError("This run is a regression on feature vectors; --mode=predict takes a "
                      "--split for it, not image files.")
   split = split or "test"
-  setup.check_split(split, "--split")
-  images, labels = setup.splits[split]
-  outputs = setup.outputs(state, images)
+  programs.check_split(split, "--split")
+  images, labels = programs.splits[split]
+  outputs = programs.outputs(state, images)
   path = os.path.join(os.path.abspath(workdir), f"predictions_{split}.csv")
   with open(path + ".tmp", "w", newline="") as f:
     out = csv.writer(f)

@@ -88,12 +88,12 @@ def sample(config, workdir: str, prompt: str, step="latest", max_new_tokens: int
   if config.model.name != "gpt" and not hasattr(config.model, "context_length"):
     raise ConfigError(f"--mode=sample needs a language model; {workdir} trained "
                       f'"{config.model.name}".')
-  setup, state, chosen = inference.restore(config, workdir, step)
+  programs, state, chosen = inference.restore(config, workdir, step)
   params = state.params
   if lora.is_lora(params):
-    params = lora.merge(params, setup.model.scale)
+    params = lora.merge(params, programs.model.scale)
   tokens = jnp.asarray(np.tile(text.encode(prompt), (num_samples, 1)))
-  out = generate(setup.base_model, params, tokens, max_new_tokens, jax.random.PRNGKey(seed),
+  out = generate(programs.base_model, params, tokens, max_new_tokens, jax.random.PRNGKey(seed),
                  temperature, top_k, top_p)
   texts = [text.decode(row) for row in np.asarray(out)]
   with open(os.path.join(workdir, "samples.txt"), "w") as f:

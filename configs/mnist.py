@@ -144,6 +144,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       grad_accum_steps=1,  # >1: split each batch into this many micro-batches (less memory)
       steps_per_call=STEPS_PER_CALL[variant],  # same results for any value; speed only
       log_every_steps=500,
+      log_every_seconds=30.0,  # and at least this often (a slow config is never silent)
   )
   config.eval = dict(
       batch_size=EVAL_BATCH_SIZES[variant],
@@ -158,6 +159,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       # Also keep the best checkpoint by this metric ("split/metric"; "" = none) in
       # <workdir>/checkpoints_best; evaluate it with --mode=eval --step=best.
       best_metric="validation/accuracy",
+      best_mode="auto",       # max | min | auto: min for losses and errors, else max
       # A workdir's checkpoint is only resumed under the same config (but for the keys in
       # bigjax.train.RESUMABLE_CHANGES); set True to resume anyway.
       allow_config_change=False,
@@ -213,6 +215,9 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       html=True,         # report.html and report.md at the end
       tensorboard=True,  # event files in <workdir>/tensorboard (no TensorFlow needed)
   )
+  # Extra periodic work in the training loop (trackers, custom logging): "package.module:Name"
+  # of a bigjax.hooks.Hook subclass or factory, called with no arguments.
+  config.hooks = ()
   if small:
     config.data.max_train_examples = 2000
     config.data.max_test_examples = 1000

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bigjax import train
+from bigjax.programs import Programs
 from bigjax.data import augment
 from bigjax.registry import ConfigError
 from configs import digits
@@ -124,8 +125,8 @@ def _config(**augment_options):
 
 
 def test_evaluation_is_never_augmented_and_training_is(tmp_path):
-  plain = train.Setup(_config())
-  augmented = train.Setup(_config(**ALL_ON))
+  plain = Programs(_config())
+  augmented = Programs(_config(**ALL_ON))
   state = plain.initial_state
   assert plain.evaluate(state, "test") == augmented.evaluate(state, "test")
   images, labels = plain.splits["train"]

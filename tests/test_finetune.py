@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bigjax import checkpoint, finetune, train
+from bigjax.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits
 
@@ -69,7 +70,7 @@ def test_plan_statuses_against_a_literal_expectation():
 
 def test_init_from_loads_params_and_reinitialises_a_skipped_head(pretrained, tmp_path):
   config = _config(**{"init_from.path": str(pretrained), "init_from.skip": "^head/"})
-  setup = train.Setup(config)
+  setup = Programs(config)
   state, text = finetune.load(setup.initial_state, finetune.read(str(pretrained)),
                               config.init_from)
   source = _params(pretrained)["params"]
@@ -86,7 +87,7 @@ def test_init_from_loads_params_and_reinitialises_a_skipped_head(pretrained, tmp
 
 def test_strict_loading_names_every_mismatched_path(pretrained):
   config = _config(**{"init_from.path": str(pretrained), "model.hidden_sizes": (32,)})
-  setup = train.Setup(config)
+  setup = Programs(config)
   with pytest.raises(ConfigError) as error:
     finetune.load(setup.initial_state, finetune.read(str(pretrained)), config.init_from)
   message = str(error.value)
@@ -145,7 +146,7 @@ def test_everything_frozen_is_an_error(tmp_path):
 def test_learning_rate_factors_scale_the_updates(tmp_path):
   """A factor of 0 on the head leaves it where it started; others still move."""
   config = _config(**{"finetune.lr_multipliers": "^head/=0", "train.num_epochs": 1})
-  setup = train.Setup(config)
+  setup = Programs(config)
   train.run(config, str(tmp_path))
   after = _params(tmp_path)["params"]
   np.testing.assert_array_equal(after["head"]["kernel"], setup.initial_state.params["head"]["kernel"])
@@ -317,7 +318,7 @@ def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_
   merged = lora.merge(state["params"], 8.0 / 4)
   jax.tree.map(np.testing.assert_allclose, restored, merged)
   # The exported params in the plain model give the run's test predictions.
-  setup = train.Setup(_config())
+  setup = Programs(_config())
   images = setup.splits["test"][0]
   plain = setup.model.apply({"params": restored}, images)
   assert float((plain.argmax(-1) == setup.splits["test"][1]).mean()) == pytest.approx(
@@ -387,7 +388,7 @@ def test_batch_norm_statistics_can_stay_frozen(pretrained, tmp_path):
   def run(workdir, freeze):
     config = _config(**{"model.norm": "batch", "train.num_epochs": 1,
                         "finetune.freeze_batch_stats": freeze})
-    setup = train.Setup(config)
+    setup = Programs(config)
     train.run(config, str(workdir))
     return setup.initial_state.model_state, _params(workdir)["model_state"]
 

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from bigjax import lora, train
+from bigjax.programs import Programs
 from bigjax.data import sources, text
 from bigjax.models import build_model, init_variables
 from bigjax.registry import ConfigError
@@ -211,7 +212,7 @@ def test_lm_bad_input(tmp_path):
     config.data.path = str(_corpus(tmp_path))
     config.data.seq_len = 64  # the small model's context is 32
   with pytest.raises(ValueError, match="64 tokens is longer than context_length=32"):
-    train.Setup(config)
+    Programs(config)
   with config.unlocked():
     config.data.seq_len = 32
   with pytest.raises(FileNotFoundError, match="No checkpoint in .*train this workdir first"):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bigjax import inference, metrics, train
+from bigjax.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits
 
@@ -175,7 +176,7 @@ def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
   np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
 
   # The same test images as PNG files (8-bit, so a little rounding) predict the same.
-  setup = train.Setup(config)
+  setup = Programs(config)
   files = []
   for i in range(6):
     pixels = np.rint(setup.data.test.images[i, ..., 0] * 255).astype(np.uint8)
@@ -249,13 +250,13 @@ def test_early_stopping_through_the_driver_on_a_scripted_metric(tmp_path):
 @pytest.mark.parametrize("spec", ["loss,accuracy", "loss,accuracy,top5_accuracy,precision,"
                                   "recall,f1,support,confusion_matrix"])
 def test_metric_names_known_before_training_are_the_ones_evaluation_gives(spec):
-  setup = train.Setup(_config(**{"eval.metrics": spec}))
+  setup = Programs(_config(**{"eval.metrics": spec}))
   evaluated = setup.evaluate(setup.initial_state, "validation")
   assert setup.metric_value_names() == set(metrics.scalars(evaluated))
 
 
 def test_evaluation_that_keeps_the_outputs_gives_the_same_metrics_and_outputs():
-  setup = train.Setup(_config())
+  setup = Programs(_config())
   state = setup.initial_state
   images, labels = setup.splits["test"]
   assert len(labels) % setup.eval_batch_size  # a padded last batch, trimmed from the outputs
@@ -271,7 +272,7 @@ def test_pictures_use_the_final_evaluations_outputs(every_epoch, passes, tmp_pat
   """The test split's final evaluation keeps the model's outputs for the pictures; only a
   split already evaluated at the last step (so not evaluated again) needs a pass of its own."""
   test_passes = []
-  evaluate, outputs = train.Setup.evaluate, train.Setup.outputs
+  evaluate, outputs = Programs.evaluate, Programs.outputs
 
   def counted_evaluate(self, state, split, **kwargs):
     test_passes.extend([split] if split == "test" else [])
@@ -281,8 +282,8 @@ def test_pictures_use_the_final_evaluations_outputs(every_epoch, passes, tmp_pat
     test_passes.append("outputs")
     return outputs(self, state, images)
 
-  monkeypatch.setattr(train.Setup, "evaluate", counted_evaluate)
-  monkeypatch.setattr(train.Setup, "outputs", counted_outputs)
+  monkeypatch.setattr(Programs, "evaluate", counted_evaluate)
+  monkeypatch.setattr(Programs, "outputs", counted_outputs)
   config = _config(**{"train.num_epochs": 1, "eval.every_epoch": every_epoch})
   train.run(config, str(tmp_path))
   assert test_passes == ["test"] * passes

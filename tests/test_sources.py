@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from bigjax import train
+from bigjax.programs import Programs
 from bigjax.data import feed, pipeline, sources
 from bigjax.data.images import BadImageError
 from bigjax.registry import ConfigError
@@ -238,7 +239,7 @@ def test_cats_vs_dogs_config_trains_on_a_folder_of_photos_of_mixed_sizes(tmp_pat
   # 24 photos: 4 held out as test, 2 of the other 20 as validation, 18 train -> 2 steps.
   assert results["steps"] == 2 and results["metrics"]["test"]["count"] == 4
   assert np.isfinite(results["test_loss"])
-  setup = train.Setup(config)
+  setup = Programs(config)
   assert setup.example_input.shape == (1, 224, 224, 3) and setup.placement == "host"
 
 

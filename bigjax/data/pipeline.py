@@ -107,6 +107,11 @@ class PreparedData:
     """Float labels are regression targets."""
     return bool(np.issubdtype(self.train.labels.dtype, np.floating))
 
+  @property
+  def is_tokens(self) -> bool:
+    """Integer token sequences (language models), not pixels to scale."""
+    return not self.stats["pixel_max"]
+
   def splits(self) -> dict[str, Split]:
     out = {"train": self.train, "test": self.test}
     if self.validation is not None:

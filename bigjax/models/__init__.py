@@ -53,22 +53,13 @@ def init_variables(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> di
 
   `example_x` only supplies shapes; one example is enough.
   """
+  rngs = _init_rngs(rng)
   if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rng, example_x))):
     # traced (e.g. under eval_shape): nothing compiles
-    return dict(_jitted_init(model)(_init_rngs(rng), example_x))
-  return run_traced_init(trace_init(model, rng, example_x), rng, example_x)
-
-
-def trace_init(model: nn.Module, rng: jax.Array, example_x: jax.Array) -> jax.stages.Traced:
-  """The model's init traced but not compiled: its `out_info` are the variables' shapes,
-  known before any compile, and `run_traced_init` compiles and runs this same trace."""
-  return _jitted_init(model).trace(_init_rngs(rng), example_x)
-
-
-def run_traced_init(traced: jax.stages.Traced, rng: jax.Array, example_x: jax.Array) -> dict:
-  """The variables `trace_init(model, rng, example_x)` traced, compiled and computed."""
+    return dict(_jitted_init(model)(rngs, example_x))
   options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
-  return dict(traced.lower().compile(compiler_options=options)(_init_rngs(rng), example_x))
+  compiled = _jitted_init(model).lower(rngs, example_x).compile(compiler_options=options)
+  return dict(compiled(rngs, example_x))
 
 
 def _init_rngs(rng: jax.Array) -> dict:

@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bigjax import checkpoint, train  # noqa: E402
+from bigjax.programs import Programs
 from configs import digits  # noqa: E402
 
 
@@ -51,13 +52,13 @@ def main(root):
     out[f"{name}_steps"], params[name] = params_of(os.path.join(root, name))
   for name in ("jit8", "pmap8", "fsdp"):
     out[f"{name}_vs_one"] = max_diff(params["one"], params[name])
-  out["first_kernel_change"] = max_diff(params["one"], train.Setup(runs["one"]).initial_state.params)
+  out["first_kernel_change"] = max_diff(params["one"], Programs(runs["one"]).initial_state.params)
 
-  setup = train.Setup(runs["fsdp"])
+  setup = Programs(runs["fsdp"])
   specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec) for p, leaf in
            jax.tree_util.tree_leaves_with_path(setup.initial_state.params)}
   out["fsdp_specs"] = specs
-  out["jit8_batch_devices"] = len(train.Setup(runs["jit8"]).batch_sharding.device_set)
+  out["jit8_batch_devices"] = len(Programs(runs["jit8"]).batch_sharding.device_set)
 
   # A checkpoint saved on 8 devices resumes on 1, and one saved on 1 resumes on 8.
   for first, then, name in ((config(), config(num_devices=1), "8to1"),
@@ -92,7 +93,7 @@ def main(root):
     _, lm[name] = params_of(os.path.join(root, name))
   out["lm_fsdp_vs_one"] = max_diff(lm["lm_one"], lm["lm_fsdp"])
   out["lm_fsdp_split"] = sum(
-      1 for leaf in jax.tree.leaves(train.Setup(c).initial_state.params)
+      1 for leaf in jax.tree.leaves(Programs(c).initial_state.params)
       if any(axis is not None for axis in leaf.sharding.spec))
 
   bf16 = train.run(config(precision="bfloat16"), os.path.join(root, "bf16"))
@@ -102,7 +103,7 @@ def main(root):
   out["bf16_vs_one"] = max_diff(params["one"], bf16_params)
   # How far each layer's kernel moved in float32: a bfloat16 run that trains the same model
   # moves every layer about as far (an input of 0 would leave the first layer in place).
-  init = train.Setup(runs["one"]).initial_state.params
+  init = Programs(runs["one"]).initial_state.params
   out["one_kernel_moves"] = {name: max_diff(params["one"][name]["kernel"],
                                             init[name]["kernel"]) for name in params["one"]}
   out["bf16_kernel_moves"] = {name: max_diff(bf16_params[name]["kernel"],
