@@ -49,6 +49,12 @@ def plot_learning_curves(workdir: str, steps_per_epoch: int) -> str:
                                os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
 
 
+def picture_files(workdir: str) -> list[tuple[str, str]]:
+  """(name, path) of every picture the run drew in its workdir (PNG), by name."""
+  names = sorted(f for f in os.listdir(workdir) if f.endswith(".png"))
+  return [(os.path.splitext(f)[0], os.path.join(workdir, f)) for f in names]
+
+
 def picture_split(splits) -> str:
   """The split the pictures show: test when there is one."""
   return "test" if "test" in splits else list(splits)[-1]

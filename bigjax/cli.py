@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -40,6 +41,39 @@ def raised_by_bigjax(error: BaseException) -> bool:
   while tb.tb_next is not None:
     tb = tb.tb_next
   return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PACKAGE_DIR + os.sep)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config override that names no key (a typo) ending the run
+  on one line, `bigjax: error: ... Did you mean "..."?`, instead of a chained traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    if os.environ.get("BIGJAX_TRACEBACK"):
+      raise
+    print(f"bigjax: error: {override_error(argv, e)}", file=sys.stderr)
+    sys.exit(1)
+  except flags.Error as e:  # a value of the wrong type, an unknown flag: absl's own line
+    print(f"bigjax: error: {e}\nPass --helpfull to see every flag.", file=sys.stderr)
+    sys.exit(1)
+
+
+def override_error(argv: Sequence[str], error: BaseException) -> str:
+  """One line for an override of a key the config does not have: which argument, which
+  key, and ml_collections' did-you-mean."""
+  inner = error  # AttributeError(KeyError("'key'\nDid you mean ...")) from ml_collections
+  while isinstance(inner, BaseException) and inner.args:
+    inner = inner.args[0]
+  text = str(inner).strip("'\"")
+  key, _, suggestion = text.partition("\n")
+  key = key.strip("'\"")
+  overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  flag = next((o for o in overrides if o.split(".")[-1] == key or f".{key}." in o + "."),
+              overrides[0] if overrides else "--config")
+  match = re.search(r'Did you mean "([^"]+)"', suggestion)
+  suggestion = f'Did you mean "{match.group(1)}"?' if match else ""
+  return (f'{flag}: the config has no key "{key}". {suggestion}'.strip()
+          + " Each --config.KEY must name an existing key (see the config file).")
 
 
 def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:

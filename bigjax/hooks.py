@@ -22,6 +22,7 @@ state as it is saved and evaluated (one copy under pmap) use
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import time
 from typing import Any, Sequence
 
@@ -224,16 +225,89 @@ class LearningCurves(Hook):
 
 
 class TensorBoard(Hook):
-  """Every metrics row as TensorBoard scalars in WORKDIR/tensorboard (process 0)."""
+  """TensorBoard event files in `directory` (tensorboardX, no TensorFlow): every metrics
+  row as scalars ("split/name"), the run's config as text, and at the end the pictures the
+  run drew (confusion matrix, prediction grids) as images. Process 0 only."""
 
   def __init__(self, directory: str):
-    from bigjax import tensorboard
-    self.writer = tensorboard.ScalarWriter(directory)
+    self.directory = directory
+    self.writer = None
+
+  def start(self, run, state) -> None:
+    if not run.is_writer:
+      return
+    import tensorboardX
+    self.writer = tensorboardX.SummaryWriter(self.directory)
+    self.writer.add_text("config", "```\n" + run.config.to_json_best_effort(indent=2)
+                         + "\n```", global_step=run.loop.step)
 
   def on_metrics(self, run, split, step, values) -> None:
-    if run.is_writer:
-      self.writer.scalars(step, {f"{split}/{key}": v
-                                 for key, v in metrics_lib.scalars(values).items()})
+    if self.writer is None:
+      return
+    for key, value in metrics_lib.scalars(values).items():
+      self.writer.add_scalar(f"{split}/{key}", value, global_step=step)
+
+  def end(self, run, state, results) -> None:
+    if self.writer is None:
+      return
+    for name, path in artifacts.picture_files(run.workdir):
+      self.writer.add_image(name, _png_as_array(path), global_step=run.loop.step,
+                            dataformats="HWC")
+    self.writer.flush()
+
+  def close(self, run) -> None:
+    if self.writer is not None:
+      self.writer.close()
+      self.writer = None
+
+
+class WandB(Hook):
+  """Weights & Biases (`pip install -e '.[wandb]'`): the config, every metrics row, the
+  results and the run's pictures. The project is $WANDB_PROJECT (default "bigjax"), the run
+  named after its workdir; WANDB_MODE=offline writes it under WORKDIR/wandb for a later
+  `wandb sync`. Process 0 only."""
+
+  def __init__(self, project: str | None = None):
+    self.project = project or os.environ.get("WANDB_PROJECT", "bigjax")
+    self.run = None
+
+  def start(self, run, state) -> None:
+    if not run.is_writer:
+      return
+    try:
+      import wandb
+    except ImportError:
+      raise ConfigError("config.hooks names bigjax.hooks:WandB, but wandb is not installed: "
+                        "pip install -e '.[wandb]' (or pip install wandb).") from None
+    self.run = wandb.init(project=self.project, name=os.path.basename(run.workdir),
+                          dir=run.workdir, config=run.config.to_dict(), reinit=True)
+
+  def on_metrics(self, run, split, step, values) -> None:
+    if self.run is not None:
+      self.run.log({f"{split}/{key}": value
+                    for key, value in metrics_lib.scalars(values).items()}, step=step)
+
+  def end(self, run, state, results) -> None:
+    if self.run is None:
+      return
+    import wandb
+    self.run.summary.update({key: value for key, value in results.items()
+                             if isinstance(value, (int, float, str))})
+    pictures = {name: wandb.Image(path) for name, path in artifacts.picture_files(run.workdir)}
+    if pictures:
+      self.run.log(pictures, step=run.loop.step)
+
+  def close(self, run) -> None:
+    if self.run is not None:
+      self.run.finish()
+      self.run = None
+
+
+def _png_as_array(path: str):
+  import numpy as np
+  from PIL import Image
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
 
 
 def from_config(names: Sequence[str]) -> list[Hook]:

@@ -2,6 +2,7 @@
 train.run or named in config.hooks, and the built-in ones' choices (log by time, the best
 checkpoint's direction)."""
 
+import glob
 import json
 import os
 
@@ -140,3 +141,22 @@ def test_the_best_checkpoints_direction_is_set_by_the_config(tmp_path):
     expected = min(losses) if mode == "auto" else max(losses)
     assert bests[mode] == pytest.approx(expected)
   assert bests["auto"] < bests["max"]
+
+
+def test_weights_and_biases_offline_gets_the_config_metrics_and_results(tmp_path, monkeypatch):
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  config = _config(hooks=("bigjax.hooks:WandB",))
+  with config.unlocked():
+    config.report.plots = True
+  results = train.run(config, str(tmp_path))
+  runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+  assert len(runs) == 1
+  # W&B's run log is protobuf records: the names of what was logged appear as they are.
+  record = open(runs[0], "rb").read()
+  for logged in (b"train/loss", b"validation/accuracy", b"test/f1_macro",  # metrics rows
+                 b"test_accuracy", b"num_params",                          # the summary
+                 b"predictions_test", b"early_stopping"):                  # pictures, config
+    assert logged in record, logged
+  assert results["test_accuracy"] > 0.5

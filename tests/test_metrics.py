@@ -1,10 +1,10 @@
-"""Metrics against scikit-learn, early stopping and stop targets, TensorBoard files."""
+"""Metrics against scikit-learn, early stopping and stop targets."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from bigjax import metrics, tensorboard, termination
+from bigjax import metrics, termination
 from bigjax.registry import ConfigError
 
 
@@ -145,14 +145,3 @@ def test_stop_targets_parse_and_trigger():
   assert termination.mode_of("validation/f1_macro") == "max"
 
 
-def test_tensorboard_files_read_back_with_tensorboard(tmp_path):
-  assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-  writer = tensorboard.ScalarWriter(str(tmp_path))
-  writer.scalars(10, {"train/loss": 0.5, "validation/accuracy": 0.875})
-  writer.scalars(20, {"train/loss": 0.25, "note": "not a number"})
-  event_accumulator = pytest.importorskip(
-      "tensorboard.backend.event_processing.event_accumulator")
-  events = event_accumulator.EventAccumulator(str(tmp_path))
-  events.Reload()
-  assert sorted(events.Tags()["scalars"]) == ["train/loss", "validation/accuracy"]
-  assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(10, 0.5), (20, 0.25)]

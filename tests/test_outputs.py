@@ -91,6 +91,13 @@ def test_a_run_writes_pictures_report_csv_and_tensorboard(finished_run):
   events.Reload()
   assert len(events.Scalars("validation/accuracy")) == 3  # one per epoch
   assert events.Scalars("test/accuracy")[-1].value == pytest.approx(results["test_accuracy"])
+  assert sorted(events.Tags()["images"]) == ["confident_mistakes_test", "confusion_matrix_test",
+                                             "learning_curves", "predictions_test"]
+  grid = events.Images("predictions_test")[-1]
+  with Image.open(os.path.join(workdir, "predictions_test.png")) as image:
+    assert (grid.width, grid.height) == image.size
+  text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+  assert json.loads(text.strip("`\n"))["model"]["name"] == config.model.name
 
 
 def _red_pixels(path) -> int:

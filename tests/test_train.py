@@ -219,6 +219,22 @@ def test_run_py_eval_of_an_empty_workdir_says_so_in_one_message(tmp_path):
   assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("--config.optimizer.learnng_rate=0.1",
+     '--config.optimizer.learnng_rate: the config has no key "learnng_rate". '
+     'Did you mean "learning_rate"?'),
+    ("--config.trian.batch_size=8",
+     '--config.trian.batch_size: the config has no key "trian". Did you mean "train"?'),
+    ("--config.train.batch_size=abc", "--config.train.batch_size=abc: invalid literal"),
+])
+def test_a_bad_override_is_one_line_before_anything_runs(override, expected):
+  proc = _run_py("--config=configs/digits.py", override, "--compilation_cache=")
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[0].startswith("bigjax: error: ") and expected in lines[0], proc.stderr
+  assert "Traceback" not in proc.stderr and len(lines) <= 2
+
+
 def test_compilation_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
   from bigjax.compilation import enable_persistent_cache
   blocker = tmp_path / "a_file"
