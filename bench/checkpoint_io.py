@@ -2,7 +2,7 @@
 (params + Adam's two moments), with Orbax's synchronous and asynchronous saving; and the
 training time a shipped config loses to checkpointing at its default interval.
 
-  python bench/checkpoint_io.py --out=bench/results/checkpoint_io_cpu2.md
+  python -m bench.checkpoint_io --out=bench/results/checkpoint_io_cpu2.md
 """
 
 import argparse
@@ -15,11 +15,10 @@ import time
 import jax
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import checkpoint, cli, train  # noqa: E402
-from bigjax.steps import create_train_state  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
-from _report import emit  # noqa: E402  (bench/ is the script's folder)
+from bigjax import checkpoint, cli, train
+from bigjax.steps import create_train_state
+from configs import fashion_mnist
+from bench._report import emit
 
 
 def make_state(num_params: int):

@@ -1,6 +1,6 @@
 """bigjax's shipped configs next to the plain PyTorch reference, in one run, as a markdown table.
 
-  python bench/compare.py [--workloads=mlp,mlp3,cnn] [--seeds=0,1,2] [--warm]
+  python -m bench.compare [--workloads=mlp,mlp3,cnn] [--seeds=0,1,2] [--warm]
                           [--out=bench/results/x.md]
 
 Each (workload, seed) runs bench/run_config.py (bigjax via run.py's driver, configs/
@@ -42,12 +42,12 @@ def _json_line(cmd):
 
 def run_pair(workload, seed, warm=False):
   """(bigjax's first run, PyTorch's run, bigjax's second run with a warm cache or None)."""
-  cmd = [sys.executable, "bench/run_config.py", f"--config=configs/fashion_mnist.py:{workload}",
+  cmd = [sys.executable, "-m", "bench.run_config", f"--config=configs/fashion_mnist.py:{workload}",
          f"--config.seed={seed}"]
   with tempfile.TemporaryDirectory() as cache:
     ours = _json_line(cmd + ([f"--compilation_cache={cache}"] if warm else []))
     second = _json_line(cmd + [f"--compilation_cache={cache}"]) if warm else None
-  ref = _json_line([sys.executable, "bench/torch_reference.py", f"--model={workload}",
+  ref = _json_line([sys.executable, "-m", "bench.torch_reference", f"--model={workload}",
                     f"--seed={seed}"])
   return ours, ref, second
 

@@ -1,6 +1,6 @@
 """First-step compile time of every shipped config.
 
-  python bench/compile_times.py [--out=bench/results/compile_times_cpu2.md] [--only=SPEC,...]
+  python -m bench.compile_times [--out=bench/results/compile_times_cpu2.md] [--only=SPEC,...]
                                 [--repeats=3] [--baseline=OTHER_CHECKOUT]
 
 Each config runs 3 steps through the driver (train.run) in a fresh process, so the figure
@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from _report import emit  # bench/ is the script's folder
+from bench._report import emit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (config, whether it needs TFDS mock data)

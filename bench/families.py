@@ -1,6 +1,6 @@
 """Train-step throughput of each model family at its shipped config, on this machine.
 
-  python bench/families.py [--steps=30]
+  python -m bench.families [--steps=30]
 
 Random data of the config's image shape, the config's optimizer and batch size, one jitted
 step per call (as the driver runs convolutional models). Prints one JSON line per config:
@@ -18,12 +18,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import losses  # noqa: E402
-from bigjax.models import build_model, init_variables  # noqa: E402
-from bigjax.optimizers import build_optimizer  # noqa: E402
-from bigjax.steps import create_train_state, make_train_step  # noqa: E402
-from bigjax.summary import load_config_file  # noqa: E402
+from bigjax import losses
+from bigjax.models import build_model, init_variables
+from bigjax.optimizers import build_optimizer
+from bigjax.steps import create_train_state, make_train_step
+from bigjax.summary import load_config_file
 
 flags.DEFINE_list("configs", ["configs/fashion_mnist.py:mlp", "configs/fashion_mnist.py:mlp3",
                               "configs/fashion_mnist.py:cnn", "configs/fashion_mnist_resnet.py",

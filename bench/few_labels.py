@@ -5,7 +5,7 @@ Fashion-MNIST training images without their labels, once; then trains the 784-25
 MLP on 600 labelled images (configs/fashion_mnist_fewlabels.py) from scratch and from the
 pre-trained encoder, for each seed. Writes a Markdown table.
 
-  python bench/few_labels.py --seeds=0,1,2 --out=bench/results/few_labels_cpu2.md
+  python -m bench.few_labels --seeds=0,1,2 --out=bench/results/few_labels_cpu2.md
 """
 
 import argparse
@@ -16,10 +16,9 @@ import statistics
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, train  # noqa: E402
-from configs import fashion_mnist_fewlabels, fashion_mnist_pretrain  # noqa: E402
-from _report import emit  # noqa: E402  (bench/ is the script's folder)
+from bigjax import cli, train
+from configs import fashion_mnist_fewlabels, fashion_mnist_pretrain
+from bench._report import emit
 
 
 def main():

@@ -1,7 +1,7 @@
 """configs/lm_tiny.py on this machine: tokens/s, and validation bits per byte after about
 5 and 20 minutes of training, with a sample of generated text.
 
-  python bench/lm_tiny.py [--minutes=5,20] [--out=bench/results/lm_tiny_cpu2.md]
+  python -m bench.lm_tiny [--minutes=5,20] [--out=bench/results/lm_tiny_cpu2.md]
 
 A 30-step probe measures steps/s; the run is then sized to the last --minutes value with a
 checkpoint at each earlier one (one cosine schedule over the whole run), and each
@@ -19,11 +19,10 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jax  # noqa: E402
+import jax
 
-from bigjax import cli, inference, sample, train  # noqa: E402
-from configs import lm_tiny  # noqa: E402
+from bigjax import cli, inference, sample, train
+from configs import lm_tiny
 
 flags.DEFINE_list("minutes", ["5", "20"], "Training times at which to evaluate.")
 flags.DEFINE_string("out", "", "Also write the table (markdown) here.")

@@ -1,6 +1,6 @@
 """What bigjax's optimizer wrapping costs per train step, against plain optax.
 
-  python bench/optimizer_overhead.py [--steps=3000]
+  python -m bench.optimizer_overhead [--steps=3000]
 
 bigjax's optimizer injects every float hyperparameter into its state, so that overrides
 never recompile (see the README), and compiles the penalty, clipping and decay stages only
@@ -22,12 +22,11 @@ import numpy as np
 import optax
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import losses  # noqa: E402
-from bigjax.models import build_model, init_variables  # noqa: E402
-from bigjax.optimizers import build_optimizer  # noqa: E402
-from bigjax.steps import create_train_state, gather_batch, make_train_step  # noqa: E402
-from configs import mnist  # noqa: E402
+from bigjax import losses
+from bigjax.models import build_model, init_variables
+from bigjax.optimizers import build_optimizer
+from bigjax.steps import create_train_state, gather_batch, make_train_step
+from configs import mnist
 
 flags.DEFINE_integer("steps", 3000, "Timed steps per repeat.")
 

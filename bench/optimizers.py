@@ -1,6 +1,6 @@
 """Optimizers x schedules on Fashion-MNIST: the lessons' 784-256-128-64-10 MLP, 10 epochs.
 
-  python bench/optimizers.py [--epochs=10] [--seeds=0] [--validation_fraction=0.2]
+  python -m bench.optimizers [--epochs=10] [--seeds=0] [--validation_fraction=0.2]
                              [--out=bench/results/optimizers_cpu2]
 
 Each optimizer runs at a learning rate sensible for it (batch 64), with a constant rate and
@@ -19,9 +19,8 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, train  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
+from bigjax import cli, train
+from configs import fashion_mnist
 
 flags.DEFINE_integer("epochs", 10, "Training epochs per run.")
 flags.DEFINE_list("seeds", ["0"], "Seeds (init and data order) to run each setting with.")

@@ -1,6 +1,6 @@
 """Runs any bigjax config and prints one JSON line of figures.
 
-  python bench/run_config.py --config=configs/fashion_mnist.py:cnn [--config.seed=1 ...]
+  python -m bench.run_config --config=configs/fashion_mnist.py:cnn [--config.seed=1 ...]
 
 Prints: train seconds (compilation included, evaluation excluded), first-step compile
 seconds, steady-state examples/s, test accuracy, and the environment.
@@ -14,8 +14,7 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, compilation, train  # noqa: E402
+from bigjax import cli, compilation, train
 
 config_flags.DEFINE_config_file("config", None, "Config file, as for run.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Keep the run here (default: a temporary folder).")

@@ -1,6 +1,6 @@
 """Data-parallel scaling table: the same run on 1, 2, 4 and 8 devices, jit and pmap.
 
-  python bench/scaling.py [--config=configs/fashion_mnist.py:mlp] [--steps=300]
+  python -m bench.scaling [--config=configs/fashion_mnist.py:mlp] [--steps=300]
       [--fake_devices=8] [--out=bench/results/scaling_cpu2.md]
 
 On a CPU, --fake_devices splits the host into that many XLA devices: the table then checks
@@ -29,7 +29,6 @@ def main(argv):
   if flags.FLAGS.fake_devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={flags.FLAGS.fake_devices}")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   from bigjax import train
   path, _, arg = flags.FLAGS.config.partition(":")

@@ -1,6 +1,6 @@
 """Time per train step against steps per compiled call (config.train.steps_per_call).
 
-  python bench/steps_per_call.py [--variants=mlp,mlp3,cnn] [--ks=1,10,50] [--steps=2000]
+  python -m bench.steps_per_call [--variants=mlp,mlp3,cnn] [--ks=1,10,50] [--steps=2000]
 
 The same jitted step as the driver's (Adam 1e-3, batch gathered on the device from random
 Fashion-MNIST-shaped data), dispatched one step per call or k steps per `lax.scan` call.
@@ -19,13 +19,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import losses  # noqa: E402
-from bigjax.models import build_model, init_variables  # noqa: E402
-from bigjax.optimizers import build_optimizer  # noqa: E402
-from bigjax.steps import (create_train_state, gather_batch, make_train_step,  # noqa: E402
+from bigjax import losses
+from bigjax.models import build_model, init_variables
+from bigjax.optimizers import build_optimizer
+from bigjax.steps import (create_train_state, gather_batch, make_train_step,
                           scan_steps)
-from configs import mnist  # noqa: E402
+from configs import mnist
 
 flags.DEFINE_list("variants", ["mlp", "mlp3", "cnn"], "configs/mnist.py variants.")
 flags.DEFINE_list("ks", ["1", "10", "50"], "Steps per call to time.")

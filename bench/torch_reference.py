@@ -4,7 +4,7 @@ Same data (loaded and split by bigjax, so the examples are identical), same netw
 1e-3, same batch size and epochs, tensors preloaded, PyTorch's default initialisation,
 2 threads. Prints one JSON line like bench/run_config.py.
 
-  python bench/torch_reference.py --model=mlp|mlp2|mlp3|cnn [--epochs=5] [--seed=0]
+  python -m bench.torch_reference --model=mlp|mlp2|mlp3|cnn [--epochs=5] [--seed=0]
 
 Needs PyTorch (not a bigjax dependency): pip install torch (on this project's dev machines,
 `pip install torch==2.13.0` takes the CPU build from local disk).
@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import data as data_lib  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
+from bigjax import data as data_lib
+from configs import fashion_mnist
 
 
 def build(variant: str) -> nn.Module:

@@ -6,7 +6,7 @@ fine-tuning, frozen backbone (only the head trains), and LoRA (rank 4 adapters o
 kernel, base frozen, the new head trains). Reports test accuracy on classes 5-9 and
 trainable parameters. Writes a Markdown table.
 
-  python bench/transfer.py --seeds=0,1,2 --out=bench/results/transfer_cpu2.md
+  python -m bench.transfer --seeds=0,1,2 --out=bench/results/transfer_cpu2.md
 """
 
 import argparse
@@ -17,10 +17,9 @@ import statistics
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bigjax import cli, train  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
-from _report import emit  # noqa: E402  (bench/ is the script's folder)
+from bigjax import cli, train
+from configs import fashion_mnist
+from bench._report import emit
 
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
