@@ -8,15 +8,15 @@ training time a shipped config loses to checkpointing at its default interval.
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import jax
 import optax
 
-from bigjax import checkpoint, cli, train
-from bigjax.steps import create_train_state
+from bigjax import cli, train
+from bigjax.training import checkpoint
+from bigjax.core.steps import create_train_state
 from configs import fashion_mnist
 from bench._report import emit
 

@@ -52,7 +52,9 @@ CONFIGS = [
 _CHILD = r"""
 import contextlib, json, sys, tempfile
 sys.path.insert(0, {root!r})
-from bigjax import cli, compilation, summary, train
+from bigjax import cli, train
+from bigjax.outputs import summary
+from bigjax.training import compilation
 cli._quiet_logs()
 compilation.enable_persistent_cache({cache!r})
 config = summary.load_config_file({spec!r})

@@ -10,19 +10,17 @@ examples/s (median of 3 timed runs of --steps steps) and the first step's time.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from bigjax import losses
+from bigjax.core import losses
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.steps import create_train_state, make_train_step
-from bigjax.summary import load_config_file
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import create_train_state, make_train_step
+from bigjax.outputs.summary import load_config_file
 
 flags.DEFINE_list("configs", ["configs/fashion_mnist.py:mlp", "configs/fashion_mnist.py:mlp3",
                               "configs/fashion_mnist.py:cnn", "configs/fashion_mnist_resnet.py",

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 
 from bigjax import cli, train

@@ -29,7 +29,7 @@ FORTUNES = "/usr/share/games/fortunes"
 
 def _params_hash(workdir: str) -> tuple[int, str]:
   import jax
-  from bigjax import checkpoint
+  from bigjax.training import checkpoint
   step, params = checkpoint.latest_params(workdir)
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):

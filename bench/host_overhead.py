@@ -12,14 +12,13 @@ dispatch). busy = pure / driver: the fraction of the loop's time the device comp
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import jax
 
 from bigjax import cli, data as data_lib, train
-from bigjax.programs import Programs
+from bigjax.training.programs import Programs
 from configs import fashion_mnist
 from bench._report import emit
 

@@ -22,17 +22,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from bigjax import train
-from bigjax.programs import Programs
+from bigjax.training.programs import Programs
 from bigjax.data import augment as augment_lib, feed, pipeline
-from bigjax.steps import gather_batch
+from bigjax.core.steps import gather_batch
 from configs import fashion_mnist
 
 flags.DEFINE_integer("batches", 200, "Timed batches per repeat.")

@@ -63,8 +63,9 @@ def census(hlo_text: str) -> tuple[int, int, collections.Counter]:
 def _train_step_hlo(spec: str, mock: bool) -> str:
   import jax
   import numpy as np
-  from bigjax import cli, summary, train
-  from bigjax.programs import Programs
+  from bigjax import cli
+  from bigjax.outputs import summary
+  from bigjax.training.programs import Programs
   cli._quiet_logs()
   config = summary.load_config_file(os.path.join(ROOT, "configs", spec))
   context = contextlib.nullcontext()

@@ -12,15 +12,15 @@ which lm_tiny holds out as validation and test, so pre-training never trained on
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 from absl import app, flags
 
 import jax
 
-from bigjax import checkpoint, cli, train
-from bigjax.programs import Programs
+from bigjax import cli, train
+from bigjax.training import checkpoint
+from bigjax.training.programs import Programs
 from configs import lm_tiny
 
 flags.DEFINE_string("pretrained", None, "Workdir of an lm_tiny run on the whole corpus.")

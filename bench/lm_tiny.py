@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
@@ -21,7 +20,8 @@ from absl import app, flags
 
 import jax
 
-from bigjax import cli, inference, sample, train
+from bigjax import cli, train
+from bigjax.inference.evaluate import evaluate as inference, sample
 from configs import lm_tiny
 
 flags.DEFINE_list("minutes", ["5", "20"], "Training times at which to evaluate.")

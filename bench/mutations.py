@@ -32,12 +32,12 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("grads divided by the padded batch size", "bigjax/steps.py",
+    Mutation("grads divided by the padded batch size", "bigjax/core/steps.py",
              "grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)",
              "grads = jax.tree.map(lambda g: g / g.dtype.type(batch['image'].shape[0]), "
              "grads)",
              ("tests/test_steps.py",)),
-    Mutation("grads not divided at all", "bigjax/steps.py",
+    Mutation("grads not divided at all", "bigjax/core/steps.py",
              "grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)",
              "grads = grads",
              ("tests/test_steps.py",)),
@@ -45,19 +45,19 @@ MUTATIONS = (
              "mixed = weight * images + (1.0 - weight) * images[partner]",
              "mixed = weight * images + (1.0 - weight) * images[partner[0]]",
              ("tests/test_augment.py",)),
-    Mutation("bfloat16 compute multiplies its input by 0", "bigjax/steps.py",
+    Mutation("bfloat16 compute multiplies its input by 0", "bigjax/core/steps.py",
              "params, x = cast_floats(params, compute_dtype), cast_floats(x, compute_dtype)",
              "params, x = cast_floats(params, compute_dtype), cast_floats(x * 0, "
              "compute_dtype)",
              ("tests/test_parallel.py::test_bfloat16_compute_keeps_float32_params",)),
-    Mutation("nesterov without Nesterov", "bigjax/optimizers.py",
+    Mutation("nesterov without Nesterov", "bigjax/core/optimizers.py",
              "return optax.sgd(learning_rate, momentum=momentum, nesterov=True)",
              "return optax.sgd(learning_rate, momentum=momentum, nesterov=False)",
              ("tests/test_optimizers.py",)),
-    Mutation("eval ignores the padding mask", "bigjax/steps.py",
+    Mutation("eval ignores the padding mask", "bigjax/core/steps.py",
              '  if "mask" in batch:\n    weights = weights * batch["mask"]\n', "",
              ("tests/test_steps.py",)),
-    Mutation("label smoothing ignored", "bigjax/losses.py",
+    Mutation("label smoothing ignored", "bigjax/core/losses.py",
              "targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]",
              "targets = targets",
              ("tests/test_losses.py",)),

@@ -13,8 +13,6 @@ sizes. Prints one JSON line per setting: microseconds per step, median of 3 repe
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import jax
@@ -22,10 +20,10 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from bigjax import losses
+from bigjax.core import losses
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.steps import create_train_state, gather_batch, make_train_step
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import create_train_state, gather_batch, make_train_step
 from configs import mnist
 
 flags.DEFINE_integer("steps", 3000, "Timed steps per repeat.")

@@ -8,13 +8,13 @@ seconds, steady-state examples/s, test accuracy, and the environment.
 
 import json
 import os
-import sys
 import tempfile
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigjax import cli, compilation, train
+from bigjax import cli, train
+from bigjax.training import compilation
 
 config_flags.DEFINE_config_file("config", None, "Config file, as for run.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Keep the run here (default: a temporary folder).")

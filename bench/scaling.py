@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import sys
 import tempfile
 
 from absl import app, flags

@@ -11,18 +11,16 @@ first call's time (compilation included).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from bigjax import losses
+from bigjax.core import losses
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.steps import (create_train_state, gather_batch, make_train_step,
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import (create_train_state, gather_batch, make_train_step,
                           scan_steps)
 from configs import mnist
 

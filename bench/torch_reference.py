@@ -12,7 +12,6 @@ Needs PyTorch (not a bigjax dependency): pip install torch (on this project's de
 
 import argparse
 import json
-import os
 import sys
 import time
 

@@ -8,7 +8,8 @@ import re
 import sys
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
+from absl import logging
 
 from bigjax import train
 
@@ -91,13 +92,13 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
 
 def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
   _quiet_logs()
-  from bigjax import compilation
+  from bigjax.training import compilation
   cache = compilation.enable_persistent_cache(flag_values.compilation_cache)
   if cache:
     py_logging.getLogger("bigjax").info("compilation cache: %s", cache)
   config = flag_values.config
   if config is not None:  # before anything touches the devices
-    from bigjax import parallel
+    from bigjax.sharding import parallel
     parallel.maybe_initialize_distributed(config.get("parallel") or {})
     import jax
     if jax.process_index() != 0:  # one log for the whole job: process 0's
@@ -119,17 +120,17 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
   elif flag_values.mode == "summary":
     if config is None:
       raise flags.ValidationError("--mode=summary needs --config=configs/<name>.py.")
-    from bigjax import summary
+    from bigjax.outputs import summary
     text = summary.write(summary.report_for_config(config), workdir, title=config_path)
     print(text)
     py_logging.getLogger("bigjax").info("summary written to %s/summary.md and summary.json",
                                         workdir)
   else:
-    from bigjax import inference
+    from bigjax.inference.evaluate import evaluate as inference
     config = config if config is not None else train.load_run_config(workdir)
     step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
     if flag_values.mode == "sample":
-      from bigjax import sample
+      from bigjax.inference.evaluate import sample
       prompt = flag_values.prompt
       if prompt is None:
         prompt = (config.get("sample") or {}).get("prompt", "")

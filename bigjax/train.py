@@ -1,7 +1,7 @@
 """The driver: config -> data -> programs -> restore -> loop -> final evaluation and outputs.
 
-`run` reads as its phases. What it calls is pure (bigjax.steps, bigjax.data.pipeline) or a
-small focused module; periodic work during training is hooks (bigjax/hooks.py), and every
+`run` reads as its phases. What it calls is pure (bigjax.core.steps, bigjax.data.pipeline) or a
+small focused module; periodic work during training is hooks (bigjax/training/hooks.py), and every
 side effect lives here, in the hooks or in `Run`.
 """
 
@@ -19,13 +19,22 @@ import ml_collections
 import numpy as np
 
 import bigjax
-from bigjax import (artifacts, checkpoint, finetune, hooks as hooks_lib, loop as loop_lib,
-                    metrics as metrics_lib, termination, validate)
-from bigjax.preemption import Interrupted, SaveOnSignal  # noqa: F401 (Interrupted: for callers)
-from bigjax.programs import Programs
+from bigjax.core import metrics as metrics_lib
+from bigjax.core.steps import TrainState
+from bigjax.finetuning import finetune
+from bigjax.outputs import artifacts
+from bigjax.outputs.logs import MetricsLog
+from bigjax.outputs.logs import Progress
+from bigjax.outputs.logs import write_json
 from bigjax.registry import ConfigError
-from bigjax.reporting import MetricsLog, Progress, write_json
-from bigjax.steps import TrainState
+from bigjax.training import checkpoint
+from bigjax.training import hooks as hooks_lib
+from bigjax.training import loop as loop_lib
+from bigjax.training import termination
+from bigjax.training import validate
+from bigjax.training.preemption import Interrupted  # noqa: F401 (Interrupted: for callers)
+from bigjax.training.preemption import SaveOnSignal
+from bigjax.training.programs import Programs
 
 logging = py_logging.getLogger(__name__)
 
@@ -108,7 +117,7 @@ class Run:
 def run(config: ml_collections.ConfigDict, workdir: str,
         hooks: Sequence[hooks_lib.Hook] = ()) -> dict:
   """Trains, evaluates and checkpoints as `config` says; returns (and writes) the results.
-  `hooks` run after the built-in ones and config.hooks (bigjax/hooks.py)."""
+  `hooks` run after the built-in ones and config.hooks (bigjax/training/hooks.py)."""
   t_start = time.perf_counter()
   workdir, manager = _prepare_workdir(config, workdir)
   programs = Programs(config)
@@ -291,7 +300,7 @@ def _final_evaluation(run_: Run, state, final_splits: list[str]) -> tuple[dict, 
 
 def _language_model_speed(config, programs: Programs, tokens_per_second: float,
                           seq_len: int) -> dict:
-  from bigjax import mfu
+  from bigjax.outputs import mfu
   flops = mfu.gpt_flops_per_token(config.model, seq_len)
   utilisation = mfu.utilisation(tokens_per_second, flops, str(jax.devices()[0].device_kind),
                                 programs.mesh.size)

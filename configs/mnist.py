@@ -148,7 +148,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
   )
   config.eval = dict(
       batch_size=EVAL_BATCH_SIZES[variant],
-      # bigjax/metrics.py: loss accuracy top<k>_accuracy precision recall f1 support
+      # bigjax/core/metrics.py: loss accuracy top<k>_accuracy precision recall f1 support
       # confusion_matrix mse mae r2, or "package.module:factory".
       metrics="loss,accuracy,precision,recall,f1,confusion_matrix",
       every_epoch="validation",     # splits evaluated after each epoch
@@ -216,7 +216,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       tensorboard=True,  # event files in <workdir>/tensorboard (no TensorFlow needed)
   )
   # Extra periodic work in the training loop (trackers, custom logging): "package.module:Name"
-  # of a bigjax.hooks.Hook subclass or factory, called with no arguments.
+  # of a bigjax.training.hooks.Hook subclass or factory, called with no arguments.
   config.hooks = ()
   if small:
     config.data.max_train_examples = 2000

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bigjax import train
-from bigjax.programs import Programs
+from bigjax.training.programs import Programs
 from bigjax.data import augment
 from bigjax.registry import ConfigError
 from configs import digits

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, finetune, train
-from bigjax.programs import Programs
+from bigjax import train
+from bigjax.finetuning import finetune
+from bigjax.training import checkpoint
+from bigjax.training.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits
 
@@ -258,7 +260,7 @@ def test_every_steps_saves_between_epoch_ends(tmp_path):
 
 
 def test_lora_parameter_count_and_merged_equals_unmerged():
-  from bigjax import lora
+  from bigjax.finetuning import lora
   from bigjax.models import MLP
   model = MLP(hidden_sizes=(32,), num_classes=5)
   x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype(np.float32)
@@ -285,7 +287,7 @@ def test_lora_parameter_count_and_merged_equals_unmerged():
 
 
 def test_lora_on_a_conv_kernel_is_a_low_rank_conv_then_a_1x1_conv():
-  from bigjax import lora
+  from bigjax.finetuning import lora
   rng = np.random.default_rng(3)
   kernel = rng.normal(size=(3, 3, 2, 8)).astype(np.float32)
   a = rng.normal(size=(18, 4)).astype(np.float32)
@@ -301,7 +303,8 @@ def test_lora_on_a_conv_kernel_is_a_low_rank_conv_then_a_1x1_conv():
 
 
 def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_path):
-  from bigjax import inference, lora
+  from bigjax.finetuning import lora
+  from bigjax.inference.evaluate import evaluate as inference
   config = _config(**{"init_from.path": str(pretrained), "lora.rank": 4})
   with config.unlocked():
     config.report.html = True  # the report summarises the merged model
@@ -362,7 +365,7 @@ def test_keep_k_latest_and_the_best_apart(tmp_path):
 
 def test_throttled_epoch_saves_still_keep_the_first_last_and_best(tmp_path):
   import json
-  from bigjax import inference
+  from bigjax.inference.evaluate import evaluate as inference
   # The learning rate peaks at the end of a 2-epoch warmup (step 80): a "best" that
   # arrives between saves, so it must be kept in memory and written later.
   config = _config(**{"train.num_epochs": 6, "checkpoint.max_to_keep": 10,

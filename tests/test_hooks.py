@@ -1,15 +1,14 @@
-"""Hooks: the user's periodic work in the training loop (bigjax/hooks.py), passed to
+"""Hooks: the user's periodic work in the training loop (bigjax/training/hooks.py), passed to
 train.run or named in config.hooks, and the built-in ones' choices (log by time, the best
 checkpoint's direction)."""
 
 import glob
 import json
-import os
 
-import jax
 import pytest
 
-from bigjax import hooks, train
+from bigjax import train
+from bigjax.training import hooks
 from bigjax.registry import ConfigError
 from configs import digits
 
@@ -107,8 +106,8 @@ def test_bad_hooks_fail_before_training_with_one_clear_line(tmp_path):
   with pytest.raises(ConfigError, match='"package.module:Name"'):
     train.run(_config(hooks=("nohook",)), str(tmp_path / "a"))
   with pytest.raises(ConfigError, match='Did you mean "Hook"'):
-    train.run(_config(hooks=("bigjax.hooks:Hok",)), str(tmp_path / "b"))
-  with pytest.raises(ConfigError, match="lacks start, after_step.*subclass bigjax.hooks.Hook"):
+    train.run(_config(hooks=("bigjax.training.hooks:Hok",)), str(tmp_path / "b"))
+  with pytest.raises(ConfigError, match="lacks start, after_step.*subclass bigjax.training.hooks.Hook"):
     train.run(_config(), str(tmp_path / "c"), hooks=[object()])
 
 
@@ -147,7 +146,7 @@ def test_weights_and_biases_offline_gets_the_config_metrics_and_results(tmp_path
   pytest.importorskip("wandb")
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
-  config = _config(hooks=("bigjax.hooks:WandB",))
+  config = _config(hooks=("bigjax.training.hooks:WandB",))
   with config.unlocked():
     config.report.plots = True
   results = train.run(config, str(tmp_path))

@@ -9,12 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from bigjax import lora, train
-from bigjax.programs import Programs
+from bigjax import train
+from bigjax.finetuning import lora
+from bigjax.training.programs import Programs
 from bigjax.data import sources, text
 from bigjax.models import build_model, init_variables
 from bigjax.registry import ConfigError
-from bigjax.sample import filter_logits, generate
+from bigjax.inference.sample import filter_logits, generate
 from configs import lm_tiny
 
 MODEL = dict(name="gpt", vocab_size=256, context_length=24, hidden_size=32, depth=2,
@@ -157,7 +158,7 @@ def test_text_source_splits_by_position_into_windows(tmp_path):
 
 
 def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
-  from bigjax import sample
+  from bigjax.inference.evaluate import sample
   config = lm_tiny.get_config("small")
   with config.unlocked():
     config.data.path = str(_corpus(tmp_path))
@@ -202,7 +203,7 @@ def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
 
 
 def test_lm_bad_input(tmp_path):
-  from bigjax import sample
+  from bigjax.inference.evaluate import sample
   bad = tmp_path / "latin1.txt"
   bad.write_bytes("café".encode("latin-1"))
   with pytest.raises(ConfigError, match=r"latin1.txt is not UTF-8 text: byte 3 \(0xe9\)"):
@@ -220,8 +221,8 @@ def test_lm_bad_input(tmp_path):
 
 
 def test_flops_per_token_counts_the_model_matmul_weights():
-  from bigjax import mfu
-  from bigjax.finetune import flatten
+  from bigjax.outputs import mfu
+  from bigjax.finetuning.finetune import flatten
   _, params, _ = _model()
   kernels = sum(x.size for path, x in flatten(params).items() if path.endswith("kernel"))
   head = params["token_embedding"]["embedding"].size  # the tied output projection

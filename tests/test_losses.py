@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import losses
-from bigjax.optimizers import build_optimizer
+from bigjax.core import losses
+from bigjax.core.optimizers import build_optimizer
 from bigjax.registry import ConfigError
 
 
@@ -197,4 +197,4 @@ def test_dotted_path_that_does_not_import_names_path_and_reason():
     losses.build_loss({"name": "nosuchpkg.losses:focal"})
   with pytest.raises(ConfigError, match=r'has no attribute "softmax_cross_entropi".*Did you mean '
                                         r'"softmax_cross_entropy"'):
-    losses.build_loss({"name": "bigjax.losses:softmax_cross_entropi"})
+    losses.build_loss({"name": "bigjax.core.losses:softmax_cross_entropi"})

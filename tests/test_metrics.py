@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from bigjax import metrics, termination
+from bigjax.core import metrics
+from bigjax.training import termination
 from bigjax.registry import ConfigError
 
 

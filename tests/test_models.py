@@ -7,7 +7,7 @@ import pytest
 from bigjax.models import build_model, init_variables
 from bigjax.models.layers import max_pool
 from bigjax.registry import ConfigError
-from bigjax.steps import count_params
+from bigjax.core.steps import count_params
 from configs import mnist
 
 MNIST_X = jnp.zeros((1, 28, 28, 1))
@@ -187,9 +187,9 @@ def test_unknown_initializer_lists_known_and_suggests():
 ])
 @pytest.mark.parametrize("shape", [(8, 28, 28, 1), (8, 32, 32, 3)])
 def test_families_train_on_1_and_3_channel_images(model_config, shape):
-  from bigjax import losses
-  from bigjax.optimizers import build_optimizer
-  from bigjax.steps import create_train_state, make_eval_step, make_train_step
+  from bigjax.core import losses
+  from bigjax.core.optimizers import build_optimizer
+  from bigjax.core.steps import create_train_state, make_eval_step, make_train_step
   model = build_model(dict(model_config, num_classes=10))
   x = jax.random.uniform(jax.random.PRNGKey(0), shape)
   batch = {"image": x, "label": jnp.arange(shape[0]) % 10}
@@ -226,7 +226,7 @@ def test_mlp_norm_options():
 
 
 def test_cnn_stack_described_per_layer():
-  from bigjax import summary
+  from bigjax.outputs import summary
   model = build_model(dict(name="cnn", conv_features=(8, 16, 16), kernel_size=(5, 3, 3),
                            strides=(1, 2, 1), padding=("SAME", "VALID", "SAME"),
                            pool_size=(2, 1, 2), norm="batch", dense_sizes=(), num_classes=10))

@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from bigjax import losses, regularization, schedules
+from bigjax.core import losses, regularization, schedules
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import OPTIMIZERS, build_optimizer, current_learning_rate
+from bigjax.core.optimizers import OPTIMIZERS, build_optimizer, current_learning_rate
 from bigjax.registry import ConfigError
-from bigjax.steps import create_train_state, make_train_step
+from bigjax.core.steps import create_train_state, make_train_step
 from configs import mnist
 
 SCHEDULE_DEFAULTS = dict(mnist.get_config().optimizer.schedule)
@@ -285,7 +285,7 @@ def test_stages_at_zero_are_left_out_exactly_and_keep_the_state_structure():
   """A 0 stage is dropped from the compiled step; the updates are bit for bit those of the
   chain that computes it, and the optimizer state has the same structure (so a checkpoint
   restores whichever stages are on)."""
-  from bigjax import optimizers
+  from bigjax.core import optimizers
   _, params, _ = _mlp()
   grads = jax.tree.map(lambda p: jnp.sin(3.0 * p) + 0.1, params)
   kwargs = dict(learning_rate=3e-3, lr_multiplier=1.0, weight_decay=0.0, clip_norm=0.0,

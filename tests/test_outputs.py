@@ -11,8 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from bigjax import inference, metrics, train
-from bigjax.programs import Programs
+from bigjax import train
+from bigjax.core import metrics
+from bigjax.inference.evaluate import evaluate as inference
+from bigjax.training.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits
 
@@ -110,7 +112,7 @@ def _red_pixels(path) -> int:
 @pytest.mark.parametrize("shape", [(28, 28, 1), (16, 40, 3)])
 def test_prediction_grid_frames_the_mistakes_and_only_them(tmp_path, shape):
   from PIL import Image
-  from bigjax import plots
+  from bigjax.outputs import plots
   images = np.random.default_rng(0).random((7, *shape)).astype(np.float32)
   images[..., 0] *= 0.5  # colour images with no red of their own: red is the frames' and titles'
   labels = np.arange(7) % 3
@@ -339,7 +341,7 @@ def test_regression_targets_need_one_output(tmp_path):
 
 
 def test_progress_bar_and_eta_leave_out_compilation_and_evaluation(monkeypatch):
-  from bigjax import reporting
+  from bigjax.outputs import logs as reporting
   clock = [100.0]
   monkeypatch.setattr(reporting.time, "perf_counter", lambda: clock[0])
   progress = reporting.Progress(total_steps=100, batch_size=10)

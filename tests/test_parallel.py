@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax import parallel, precision
+from bigjax.sharding import parallel, precision
 from bigjax.registry import ConfigError
 
 from conftest import REPO_ROOT

@@ -55,7 +55,8 @@ def test_readme_registered_focal_loss_trains_and_reduces_to_cross_entropy(tmp_pa
   import importlib.util
   import jax.numpy as jnp
   import numpy as np
-  from bigjax import losses, train
+  from bigjax import train
+  from bigjax.core import losses
   from configs import digits
   code = _readme_python_blocks()["myproject/focal.py"]
   (tmp_path / "focal.py").write_text(code)

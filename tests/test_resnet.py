@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import losses, summary
+from bigjax.core import losses
+from bigjax.outputs import summary
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.steps import count_params, create_train_state, make_train_step
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import count_params, create_train_state, make_train_step
 
 
 def _init(name, shape=(1, 32, 32, 3), **fields):

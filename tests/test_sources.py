@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bigjax import train
-from bigjax.programs import Programs
+from bigjax.training.programs import Programs
 from bigjax.data import feed, pipeline, sources
 from bigjax.data.images import BadImageError
 from bigjax.registry import ConfigError

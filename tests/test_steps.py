@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import metrics
-from bigjax.losses import LOSSES
+from bigjax.core import metrics
+from bigjax.core.losses import LOSSES
 from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.steps import create_train_state, make_eval_step, make_train_step
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import create_train_state, make_eval_step, make_train_step
 from configs import mnist
 
 
@@ -101,7 +101,7 @@ def test_loss_with_wrong_shape_fails_at_trace_with_expected_shape():
 
 
 def test_scan_of_k_steps_equals_k_separate_steps():
-  from bigjax.steps import gather_batch, scan_steps
+  from bigjax.core.steps import gather_batch, scan_steps
   model, tx, loss_fn, state, batch = _setup("mlp", batch=64)
   train_step = make_train_step(model, loss_fn, tx)
   on_indices = lambda s, x, y, i: train_step(s, gather_batch(x, y, i))
@@ -121,7 +121,7 @@ def test_scan_of_k_steps_equals_k_separate_steps():
 # ---------------------------------------------------------------- gradient scale, plain SGD
 # Adam ignores a gradient's scale and clipping rescales it, so the step's division by the
 # batch's total weight is checked under plain SGD with no clipping: the update must be
-# exactly -lr * grad(weighted mean loss), computed here independently of bigjax.steps.
+# exactly -lr * grad(weighted mean loss), computed here independently of bigjax.core.steps.
 
 LR = 0.5
 

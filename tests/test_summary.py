@@ -1,4 +1,4 @@
-"""The depth and parameter report (bigjax.summary, run.py --mode=summary)."""
+"""The depth and parameter report (bigjax.outputs.summary, run.py --mode=summary)."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bigjax import summary
+from bigjax.outputs import summary
 from bigjax.models import build_model, init_variables
 from configs import mnist
 
@@ -83,7 +83,7 @@ def test_run_py_summary_writes_files_without_training(tmp_path):
 
 def test_side_by_side_comparison_command(tmp_path):
   out = tmp_path / "compare.md"
-  proc = subprocess.run([sys.executable, "-m", "bigjax.summary", "configs/digits.py",
+  proc = subprocess.run([sys.executable, "-m", "bigjax.outputs.summary", "configs/digits.py",
                          "configs/digits.py:cnn", f"--out={out}"], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax import checkpoint, inference, train
-from bigjax.programs import Programs
+from bigjax import train
+from bigjax.inference.evaluate import evaluate as inference
+from bigjax.training import checkpoint
+from bigjax.training.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits, fashion_mnist, mnist
 
@@ -109,7 +111,7 @@ def test_nothing_compiles_after_the_first_epoch(variant, tmp_path):
 
 
 def test_compile_counter_counts_compilations_not_cached_calls():
-  from bigjax.compilation import CompileCounter
+  from bigjax.training.compilation import CompileCounter
   f = jax.jit(lambda x: x * 3 + 1)
   with CompileCounter() as compiles:
     f(np.ones(3, np.float32))
@@ -122,7 +124,7 @@ def test_compile_counter_counts_compilations_not_cached_calls():
 
 def test_gc_paused_restores_the_collector_as_it_found_it():
   import gc
-  from bigjax.compilation import gc_paused
+  from bigjax.training.compilation import gc_paused
   assert gc.isenabled()
   with pytest.raises(RuntimeError):
     with gc_paused():
@@ -140,7 +142,7 @@ def test_gc_paused_restores_the_collector_as_it_found_it():
 
 def test_compile_counter_counts_compiles_in_every_thread():
   import threading
-  from bigjax.compilation import CompileCounter
+  from bigjax.training.compilation import CompileCounter
   f = jax.jit(lambda x: x * 5 - 2)
   x = jnp.ones(3)
   with CompileCounter() as other_thread:
@@ -236,7 +238,7 @@ def test_a_bad_override_is_one_line_before_anything_runs(override, expected):
 
 
 def test_compilation_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
-  from bigjax.compilation import enable_persistent_cache
+  from bigjax.training.compilation import enable_persistent_cache
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   with caplog.at_level("WARNING", logger="bigjax"):
@@ -418,8 +420,8 @@ def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
 
 def test_restoring_a_model_on_images_with_other_channels_names_the_channels(tmp_path):
   from bigjax.models import build_model, init_variables
-  from bigjax.optimizers import build_optimizer
-  from bigjax.steps import create_train_state
+  from bigjax.core.optimizers import build_optimizer
+  from bigjax.core.steps import create_train_state
   model = build_model(dict(name="cnn", conv_features=(4,), dense_sizes=(), num_classes=10))
   tx = build_optimizer({"name": "adam", "learning_rate": 1e-3})
 

@@ -21,7 +21,8 @@ class BadImageError(ValueError):
 def decode_image(path: str, size: Sequence[int] | None, channels: int) -> np.ndarray:
   """One image file as uint8 [H, W, channels] (grayscale for 1 channel, RGB for 3), resized
   (bilinear) to size=(H, W) when given and different."""
-  from PIL import Image, UnidentifiedImageError
+  from PIL import Image
+  from PIL import UnidentifiedImageError
   if channels not in (1, 3):
     raise ConfigError(f"Image files can feed 1- or 3-channel models; {channels} channels "
                       "asked for (config.data.channels).")

@@ -13,8 +13,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from bigjax.data import arrays, idx, images as image_files, tfds_source
-from bigjax.registry import ConfigError, Registry
+from bigjax.data import arrays
+from bigjax.data import idx
+from bigjax.data import images as image_files
+from bigjax.data import tfds_source
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 SOURCES = Registry("data source")
 register_source = SOURCES.register

@@ -11,7 +11,8 @@ import socket
 import numpy as np
 
 from bigjax.data.text import check_utf8
-from bigjax.registry import ConfigError, did_you_mean
+from bigjax.registry import ConfigError
+from bigjax.registry import did_you_mean
 
 # The host TFDS downloads dataset metadata and most image datasets from.
 _PROBE_HOST = ("storage.googleapis.com", 443)

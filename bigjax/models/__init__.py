@@ -14,9 +14,15 @@ from bigjax.models.autoencoder import DenoisingAutoencoder
 from bigjax.models.cnn import CNN
 from bigjax.models.gpt import GPT
 from bigjax.models.mlp import MLP
+from bigjax.models.resnet import ResNet
+from bigjax.models.resnet import ResNet18
+from bigjax.models.resnet import ResNet20
+from bigjax.models.resnet import ResNet32
+from bigjax.models.resnet import ResNet34
+from bigjax.models.resnet import ResNet56
 from bigjax.models.vit import ViT
-from bigjax.models.resnet import ResNet, ResNet18, ResNet20, ResNet32, ResNet34, ResNet56
-from bigjax.registry import Registry, check_keys
+from bigjax.registry import check_keys
+from bigjax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("mlp")(MLP)

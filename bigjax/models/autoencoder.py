@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation, Flatten
+from bigjax.models.layers import Activation
+from bigjax.models.layers import ACTIVATIONS
+from bigjax.models.layers import Flatten
 
 
 class DenoisingAutoencoder(nn.Module):

@@ -9,8 +9,13 @@ import jax
 
 from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import (ACTIVATIONS, Activation, Dropout, Flatten, MaxPool,
-                                  normalization, per_layer)
+from bigjax.models.layers import Activation
+from bigjax.models.layers import ACTIVATIONS
+from bigjax.models.layers import Dropout
+from bigjax.models.layers import Flatten
+from bigjax.models.layers import MaxPool
+from bigjax.models.layers import normalization
+from bigjax.models.layers import per_layer
 
 
 class CNN(nn.Module):

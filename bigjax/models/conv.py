@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from flax.linen import initializers as init
 import jax
 import jax.numpy as jnp
-from flax.linen import initializers as init
 
-from bigjax.registry import ConfigError, Registry
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 Initializer = Callable[..., jax.Array]
 INITIALIZERS = Registry("initializer")

@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.models.norm import BatchNorm
+from bigjax.models.norm import LayerNorm
 from bigjax.registry import Registry
-from bigjax.models.norm import BatchNorm, LayerNorm
 
 ACTIVATIONS = Registry("activation")
 for _name, _fn in {
@@ -79,7 +80,7 @@ def _first_max_gradient(window, residuals, g_BxHOxWOxC):
 _max_pool.defvjp(_max_pool_forward, _first_max_gradient)
 
 
-# Parameter-free layers as modules, so the summary report (bigjax.summary) lists them with
+# Parameter-free layers as modules, so the summary report (bigjax.outputs.summary) lists them with
 # their shapes; they add nothing to the parameter tree.
 
 

@@ -8,7 +8,11 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation, Dropout, Flatten, normalization
+from bigjax.models.layers import Activation
+from bigjax.models.layers import ACTIVATIONS
+from bigjax.models.layers import Dropout
+from bigjax.models.layers import Flatten
+from bigjax.models.layers import normalization
 
 
 class MLP(nn.Module):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from bigjax.models.conv import Conv
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import ACTIVATIONS, Activation
+from bigjax.models.layers import Activation
+from bigjax.models.layers import ACTIVATIONS
 from bigjax.models.norm import BatchNorm
 
 

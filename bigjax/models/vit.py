@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.initializers import get_initializer
-from bigjax.models.layers import Activation, Dropout
+from bigjax.models.layers import Activation
+from bigjax.models.layers import Dropout
 from bigjax.models.norm import LayerNorm
 
 

@@ -11,8 +11,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bigjax import checkpoint, train  # noqa: E402
-from bigjax.programs import Programs
+from bigjax import train
+from bigjax.training import checkpoint
+from bigjax.training.programs import Programs
 from configs import digits  # noqa: E402
 
 

@@ -10,7 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import jax  # noqa: E402
 
-from bigjax import artifacts, parallel, train  # noqa: E402
+from bigjax import train
+from bigjax.outputs import artifacts
+from bigjax.sharding import parallel
 from tests.helpers.multidevice import config  # noqa: E402
 
 

@@ -11,11 +11,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from bigjax import checkpoint, metrics as metrics_lib
+from bigjax.core import metrics as metrics_lib
 from bigjax.data.images import load_image_files
-from bigjax.reporting import write_json
-from bigjax.programs import Programs
+from bigjax.outputs.logs import write_json
 from bigjax.train import _is_writer
+from bigjax.training import checkpoint
+from bigjax.training.programs import Programs
 
 logging = py_logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax import metrics as metrics_lib
-from bigjax.optimizers import current_learning_rate
+from bigjax.core import metrics as metrics_lib
+from bigjax.core.optimizers import current_learning_rate
 
 LossFn = Callable[[jax.Array, dict], jax.Array]
 
@@ -193,7 +193,7 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn,
                    metric_names: Sequence[str] = ("loss", "accuracy"),
                    compute_dtype=None, with_outputs: bool = False) -> Callable:
   """A pure `eval_step(state, batch) -> {sum name: weighted batch sum}` for the named
-  metrics (bigjax.metrics); `metrics.finalize` or `metrics.compute` turns sums into values.
+  metrics (bigjax.core.metrics); `metrics.finalize` or `metrics.compute` turns sums into values.
   with_outputs: `-> (sums, outputs [B, ...] as float32)`, the model's outputs of the same
   forward pass (what pictures of predictions need, without a second pass over the split)."""
   sum_fns = metrics_lib.sum_functions(metric_names)

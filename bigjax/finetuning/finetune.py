@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigjax import checkpoint
+from bigjax.core.regularization import path_mask
 from bigjax.registry import ConfigError
-from bigjax.regularization import path_mask
+from bigjax.training import checkpoint
 
 # ------------------------------------------------------------------ paths
 
@@ -161,7 +161,7 @@ def load(state: Any, source: Source, init_config: Mapping[str, Any],
          model_name: str | None = None) -> tuple[Any, str]:
   """`state` with params (and, if asked, model state) taken from `source` as planned;
   returns (state, the table). Strict mode refuses unused, missing and mismatched paths."""
-  from bigjax import lora  # (lora builds on this module's flatten/unflatten)
+  from bigjax.finetuning import lora
   lora_on = lora.is_lora(state.params)
   target = flatten(state.params[lora.BASE] if lora_on else state.params)
   rows = plan(source.params, target, skip=init_config["skip"],

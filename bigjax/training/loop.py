@@ -6,7 +6,7 @@
       for hook in hooks: hook.after_step(run, state)
 
 What changes during training lives in `LoopState`; everything with a side effect is a hook
-(bigjax/hooks.py) or the run's own records (train.Run).
+(bigjax/training/hooks.py) or the run's own records (train.Run).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
-
 logging = py_logging.getLogger(__name__)
 
 

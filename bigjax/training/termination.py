@@ -12,8 +12,9 @@ import operator
 import re
 from typing import Any, Mapping
 
-from bigjax.metrics import lower_is_better
-from bigjax.registry import ConfigError, did_you_mean
+from bigjax.core.metrics import lower_is_better
+from bigjax.registry import ConfigError
+from bigjax.registry import did_you_mean
 
 _OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _TARGET = re.compile(r"\s*([\w/]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*")

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax.registry import ConfigError, Registry, check_arguments
+from bigjax.registry import check_arguments
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 LOSSES = Registry("loss")
 register_loss = LOSSES.register
@@ -122,7 +124,7 @@ def reconstruction_mse(outputs: jax.Array, batch: dict) -> jax.Array:
   return mse(outputs, batch)
 
 
-# config.loss keys that configure regularisation (bigjax.optimizers), not the loss function.
+# config.loss keys that configure regularisation (bigjax.core.optimizers), not the loss function.
 REGULARIZATION_KEYS = ("l1", "l2", "penalty_mask")
 
 

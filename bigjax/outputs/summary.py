@@ -1,7 +1,7 @@
 """The depth and parameter report: what each layer holds and costs, without training.
 
   python run.py --config=configs/fashion_mnist.py:cnn --mode=summary   # one model, to files
-  python -m bigjax.summary configs/fashion_mnist.py:mlp configs/fashion_mnist.py:cnn  # compare
+  python -m bigjax.outputs.summary configs/fashion_mnist.py:mlp configs/fashion_mnist.py:cnn  # compare
 
 Per layer: path, type, input and output shapes, trainable weights and biases, non-trainable
 state (e.g. BatchNorm statistics) and forward FLOPs per example. Totals per layer type, and
@@ -244,7 +244,8 @@ def compare_markdown(reports: dict[str, dict]) -> str:
 def report_for_config(config) -> dict:
   """Builds the model and its variables from a config (loads the data for the input shape)."""
   from bigjax import data as data_lib
-  from bigjax.models import build_model, init_variables
+  from bigjax.models import build_model
+  from bigjax.models import init_variables
   data = data_lib.load(config.data)
   model = build_model(config.model)
   example = jnp.asarray(data.train.images[:1])
@@ -278,7 +279,7 @@ def load_config_file(spec: str):
 def main(argv: Sequence[str]) -> None:
   specs = [a for a in argv if not a.startswith("--")]
   if not specs:
-    raise SystemExit("usage: python -m bigjax.summary CONFIG[:ARG] [CONFIG[:ARG] ...] "
+    raise SystemExit("usage: python -m bigjax.outputs.summary CONFIG[:ARG] [CONFIG[:ARG] ...] "
                      "[--out=FILE.md]")
   sys.path.insert(0, os.getcwd())  # configs/ import each other as a package
   reports = {spec: report_for_config(load_config_file(spec)) for spec in specs}

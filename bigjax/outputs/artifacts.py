@@ -16,7 +16,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigjax import lora, metrics, report, summary
+from bigjax.core import metrics
+from bigjax.finetuning import lora
+from bigjax.outputs import report
+from bigjax.outputs import summary
 
 GRID_SIZE = 25  # the lessons' 5x5 grid
 
@@ -44,7 +47,7 @@ def write_metrics_csv(workdir: str) -> str:
 
 
 def plot_learning_curves(workdir: str, steps_per_epoch: int) -> str:
-  from bigjax import plots
+  from bigjax.outputs import plots
   return plots.learning_curves(read_metrics(workdir),
                                os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
 
@@ -63,7 +66,7 @@ def picture_split(splits) -> str:
 def prediction_pictures(workdir: str, split: str, images: np.ndarray, labels: np.ndarray,
                         probabilities: np.ndarray, class_names, stats) -> list[report.Picture]:
   """The 5x5 grid of the first examples, and the most confidently wrong ones."""
-  from bigjax import plots
+  from bigjax.outputs import plots
   predicted = probabilities.argmax(-1)
   confidence = probabilities.max(-1)
   shown = plots.displayable(images[:GRID_SIZE], stats)
@@ -92,7 +95,7 @@ def final_outputs(workdir: str, config, programs, state, results: dict,
   """Pictures, then report.md and report.html, at the end of training. `outputs`: the
   model's outputs for the picture split's examples, when its final evaluation kept them
   (else they are computed here)."""
-  from bigjax import plots
+  from bigjax.outputs import plots
   pictures: list[report.Picture] = []
   if config.report.plots:
     pictures.append(report.Picture(plot_learning_curves(workdir, programs.steps_per_epoch),
@@ -190,7 +193,8 @@ def write_lora(workdir: str, config, params, scale: float) -> tuple[str, str]:
   """The adapters on their own (lora_adapters/) and the merged params (export/params/),
   each an Orbax checkpoint of a plain tree, with lora.json saying how they were made."""
   import orbax.checkpoint as ocp
-  from bigjax.reporting import write_json
+
+  from bigjax.outputs.logs import write_json
   adapters_dir = os.path.join(workdir, "lora_adapters")
   export_dir = os.path.join(workdir, "export", "params")
   checkpointer = ocp.StandardCheckpointer()

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 import jax.numpy as jnp
 import optax
 
-from bigjax.registry import ConfigError, Registry
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 Schedule = Callable[[Any], Any]
 SCHEDULES = Registry("schedule")
@@ -61,7 +62,7 @@ def piecewise(cfg, total_steps) -> Schedule:
 
 @register_schedule("reduce_on_plateau")
 def reduce_on_plateau(cfg, total_steps) -> Schedule:
-  """Constant here; bigjax.optimizers adds optax's reduce_on_plateau on the training loss."""
+  """Constant here; bigjax.core.optimizers adds optax's reduce_on_plateau on the training loss."""
   return optax.constant_schedule(1.0)
 
 

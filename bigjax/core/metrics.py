@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigjax.registry import ConfigError, Registry
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 # ---------------------------------------------------------------- device-side sums
 # Each takes (outputs [B, C], labels [B] int or [B, C] one-hot or float targets, weights [B],
@@ -199,7 +200,7 @@ def get_metric(name: str) -> Metric:
   if not isinstance(metric, Metric):  # a dotted path to a factory
     metric = metric()
   if not isinstance(metric, Metric):
-    raise ConfigError(f'Metric "{name}" did not give a bigjax.metrics.Metric.')
+    raise ConfigError(f'Metric "{name}" did not give a bigjax.core.metrics.Metric.')
   return metric
 
 

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from bigjax.finetune import flatten, unflatten
+from bigjax.finetuning.finetune import flatten
+from bigjax.finetuning.finetune import unflatten
 from bigjax.registry import ConfigError
 
 BASE, ADAPTERS = "base", "lora"

@@ -16,8 +16,10 @@ import re
 from typing import Any, Mapping
 
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bigjax.registry import ConfigError
 

@@ -24,8 +24,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax import regularization, schedules
-from bigjax.registry import ConfigError, Registry, accepted_arguments, check_arguments
+from bigjax.core import regularization
+from bigjax.core import schedules
+from bigjax.registry import accepted_arguments
+from bigjax.registry import check_arguments
+from bigjax.registry import ConfigError
+from bigjax.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 register_optimizer = OPTIMIZERS.register

@@ -25,16 +25,32 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bigjax import compilation, data as data_lib, finetune, lora, metrics as metrics_lib
-from bigjax import parallel, precision, validate
-from bigjax.data import augment as augment_lib, feed
-from bigjax.losses import build_loss
-from bigjax.models import build_model, init_variables
-from bigjax.optimizers import build_optimizer
-from bigjax.registry import ConfigError, did_you_mean
-from bigjax.steps import (TrainState, cast_floats, count_params, create_train_state,
-                          gather_batch, has_class_outputs, make_eval_step, make_train_step,
-                          predict_logits, scan_steps)
+from bigjax import data as data_lib
+from bigjax.core import metrics as metrics_lib
+from bigjax.core.losses import build_loss
+from bigjax.core.optimizers import build_optimizer
+from bigjax.core.steps import cast_floats
+from bigjax.core.steps import count_params
+from bigjax.core.steps import create_train_state
+from bigjax.core.steps import gather_batch
+from bigjax.core.steps import has_class_outputs
+from bigjax.core.steps import make_eval_step
+from bigjax.core.steps import make_train_step
+from bigjax.core.steps import predict_logits
+from bigjax.core.steps import scan_steps
+from bigjax.core.steps import TrainState
+from bigjax.data import augment as augment_lib
+from bigjax.data import feed
+from bigjax.finetuning import finetune
+from bigjax.finetuning import lora
+from bigjax.models import build_model
+from bigjax.models import init_variables
+from bigjax.registry import ConfigError
+from bigjax.registry import did_you_mean
+from bigjax.sharding import parallel
+from bigjax.sharding import precision
+from bigjax.training import compilation
+from bigjax.training import validate
 
 logging = py_logging.getLogger("bigjax.train")
 
@@ -174,7 +190,7 @@ class Programs:
     self.classifies = has_class_outputs(outputs, self.data.train.labels)
     self.num_outputs = outputs.shape[-1]
     self.freeze = config.finetune.freeze
-    if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/lora.py)
+    if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/finetuning/lora.py)
       variables = dict(variables, params=lora.add_adapters(
           variables["params"], config.lora.rank, config.lora.targets,
           jax.random.fold_in(init_rng, 1)))

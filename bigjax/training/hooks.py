@@ -1,6 +1,6 @@
 """Periodic work in the training loop, as hooks that each decide when they are due.
 
-The loop (bigjax/loop.py) calls every hook at the same points, built-in ones first, then the
+The loop (bigjax/training/loop.py) calls every hook at the same points, built-in ones first, then the
 user's (`train.run(config, workdir, hooks=[...])`, or `config.hooks=("mypkg.mod:MyHook",)`):
 
   start(run, state)                 before the first step
@@ -27,10 +27,14 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 
-from bigjax import artifacts, checkpoint, compilation, metrics as metrics_lib, termination
-from bigjax.registry import ConfigError, import_object
+from bigjax.core import metrics as metrics_lib
+from bigjax.outputs import artifacts
+from bigjax.registry import ConfigError
+from bigjax.registry import import_object
+from bigjax.training import checkpoint
+from bigjax.training import compilation
+from bigjax.training import termination
 
 logging = py_logging.getLogger("bigjax.train")
 
@@ -166,9 +170,11 @@ class Checkpoints(Hook):
         # Kept until the next save writes it (best first: a kill between the two saves
         # re-runs this epoch, not loses it). Re-run after a resume, the step may already
         # be there: the same state, bit for bit.
+        # (A copy by transfer, not jnp.copy: that compiles a program per leaf shape, which
+        # the compile watch would see as a retrace in whichever epoch first copies.)
         logical = run.programs.to_logical(state)
         self._pending_best[:] = [(loop.step, loop.epoch + 1, logical if due else
-                                  jax.tree.map(jnp.copy, logical), dict(loop.best))]
+                                  jax.device_put(logical, may_alias=False), dict(loop.best))]
     if due:
       self.save_latest(run, state, loop.epoch + 1, stopped=loop.stop_reason)
       self._last_epoch_save = time.monotonic()
@@ -277,7 +283,7 @@ class WandB(Hook):
     try:
       import wandb
     except ImportError:
-      raise ConfigError("config.hooks names bigjax.hooks:WandB, but wandb is not installed: "
+      raise ConfigError("config.hooks names bigjax.training.hooks:WandB, but wandb is not installed: "
                         "pip install -e '.[wandb]' (or pip install wandb).") from None
     self.run = wandb.init(project=self.project, name=os.path.basename(run.workdir),
                           dir=run.workdir, config=run.config.to_dict(), reinit=True)
@@ -328,5 +334,5 @@ def check(hook: Any, where: str) -> None:
              if not callable(getattr(hook, m, None))]
   if missing:
     raise ConfigError(f"{where} gave {type(hook).__name__}, which lacks {', '.join(missing)}: "
-                      "subclass bigjax.hooks.Hook.")
+                      "subclass bigjax.training.hooks.Hook.")
 

@@ -1,0 +1,1 @@
+"""Using a trained checkpoint: --mode=eval and --mode=predict, and text sampling."""

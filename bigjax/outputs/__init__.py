@@ -1,0 +1,1 @@
+"""What a run leaves: logs, metrics files, pictures, the report, the model summary, MFU."""

@@ -1,0 +1,1 @@
+"""Devices: the mesh, batch and FSDP shardings, multi-host start-up, compute and param dtypes."""
