@@ -21,7 +21,7 @@ from absl import app, flags
 import jax
 
 from bigjax import cli, train
-from bigjax.inference.evaluate import evaluate as inference, sample
+from bigjax.inference import evaluate as inference, sample
 from configs import lm_tiny
 
 flags.DEFINE_list("minutes", ["5", "20"], "Training times at which to evaluate.")

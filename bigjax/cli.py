@@ -126,11 +126,11 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
     py_logging.getLogger("bigjax").info("summary written to %s/summary.md and summary.json",
                                         workdir)
   else:
-    from bigjax.inference.evaluate import evaluate as inference
+    from bigjax.inference import evaluate as inference
     config = config if config is not None else train.load_run_config(workdir)
     step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
     if flag_values.mode == "sample":
-      from bigjax.inference.evaluate import sample
+      from bigjax.inference import sample
       prompt = flag_values.prompt
       if prompt is None:
         prompt = (config.get("sample") or {}).get("prompt", "")

@@ -304,7 +304,7 @@ def test_lora_on_a_conv_kernel_is_a_low_rank_conv_then_a_1x1_conv():
 
 def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_path):
   from bigjax.finetuning import lora
-  from bigjax.inference.evaluate import evaluate as inference
+  from bigjax.inference import evaluate as inference
   config = _config(**{"init_from.path": str(pretrained), "lora.rank": 4})
   with config.unlocked():
     config.report.html = True  # the report summarises the merged model
@@ -365,7 +365,7 @@ def test_keep_k_latest_and_the_best_apart(tmp_path):
 
 def test_throttled_epoch_saves_still_keep_the_first_last_and_best(tmp_path):
   import json
-  from bigjax.inference.evaluate import evaluate as inference
+  from bigjax.inference import evaluate as inference
   # The learning rate peaks at the end of a 2-epoch warmup (step 80): a "best" that
   # arrives between saves, so it must be kept in memory and written later.
   config = _config(**{"train.num_epochs": 6, "checkpoint.max_to_keep": 10,

@@ -89,7 +89,7 @@ def test_hooks_named_in_the_config_are_imported_and_called(tmp_path, monkeypatch
   module = tmp_path / "my_hooks.py"
   module.write_text(
       "import json\n"
-      "from bigjax import hooks\n"
+      "from bigjax.training import hooks\n"
       "class CountEpochs(hooks.Hook):\n"
       "  def __init__(self):\n"
       "    self.epochs = 0\n"

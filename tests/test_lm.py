@@ -158,7 +158,7 @@ def test_text_source_splits_by_position_into_windows(tmp_path):
 
 
 def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
-  from bigjax.inference.evaluate import sample
+  from bigjax.inference import sample
   config = lm_tiny.get_config("small")
   with config.unlocked():
     config.data.path = str(_corpus(tmp_path))
@@ -203,7 +203,7 @@ def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
 
 
 def test_lm_bad_input(tmp_path):
-  from bigjax.inference.evaluate import sample
+  from bigjax.inference import sample
   bad = tmp_path / "latin1.txt"
   bad.write_bytes("café".encode("latin-1"))
   with pytest.raises(ConfigError, match=r"latin1.txt is not UTF-8 text: byte 3 \(0xe9\)"):

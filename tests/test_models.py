@@ -267,3 +267,66 @@ def test_flat_dropout_equals_flax_dropout_bit_for_bit():
   undropped = nn.Dense(5).apply({"params": variables["params"]["Dense_0"]}, x)
   np.testing.assert_array_equal(run(Dropout, deterministic=True), undropped)
   np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)
+
+
+def _loss_and_grads(model, variables, x, rng):
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, train=True,
+                         rngs={"dropout": rng}, mutable=["batch_stats"])
+    return jnp.sum(out ** 2)
+  return jax.value_and_grad(loss)(variables["params"])
+
+
+@pytest.mark.parametrize("model_config, shape", [
+    (dict(name="cnn", conv_features=(4, 8), dense_sizes=(16,), norm="batch",
+          dropout_rate=0.3, num_classes=3), (4, 12, 12, 1)),
+    (dict(name="vit", patch_size=4, hidden_size=16, depth=1, num_heads=2, mlp_ratio=2.0,
+          dropout_rate=0.2, num_classes=3), (4, 8, 8, 3)),
+])
+def test_stock_layers_off_the_cpu_compute_what_the_hand_written_kernels_do(
+    model_config, shape, monkeypatch):
+  """On GPUs and TPUs the models use Flax's stock computations (max_pool, nn.Dropout's
+  draw, differentiating the normalisation), on CPUs bigjax's kernels: the same values and
+  gradients either way, so the choice is only speed."""
+  from bigjax.models import backend
+  model = build_model(model_config)
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  variables = init_variables(model, jax.random.PRNGKey(1), x[:1])
+  rng = jax.random.PRNGKey(2)
+  assert backend.hand_written_kernels()  # (this suite runs on the CPU)
+  cpu = _loss_and_grads(model, variables, x, rng)
+  monkeypatch.setattr(backend, "hand_written_kernels", lambda: False)
+  stock = _loss_and_grads(model, variables, x, rng)
+  np.testing.assert_allclose(stock[0], cpu[0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               stock[1], cpu[1])
+
+
+def test_layer_norm_epsilon_and_gelu_form_are_model_fields():
+  """GPT-2 uses LayerNorm epsilon 1e-5 and timm's ViT the exact (erf) GELU: each changes
+  the outputs, and the exact GELU is erf's."""
+  tokens = jnp.arange(16, dtype=jnp.int32)[None] % 7
+  gpt = dict(name="gpt", vocab_size=16, context_length=16, hidden_size=16, depth=1,
+             num_heads=2)
+  variables = init_variables(build_model(gpt), jax.random.PRNGKey(0), tokens)
+  # Random values everywhere (the init zeroes some projections, hiding the MLP).
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  variables = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) * 0.5
+                                        for k, x in zip(keys, leaves)])
+  out = {key: build_model({**gpt, **fields}).apply(variables, tokens)
+         for key, fields in {"default": {}, "eps": {"norm_epsilon": 1e-5},
+                             "exact": {"gelu_approximate": False}}.items()}
+  for key in ("eps", "exact"):
+    assert float(jnp.abs(out[key] - out["default"]).max()) > 1e-6, key
+  from bigjax.models.vit import MlpBlock
+  block = MlpBlock(hidden=8, gelu_approximate=False)
+  y = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4))
+  params = block.init(jax.random.PRNGKey(2), y)
+  dense_0 = params["params"]["dense_0"]
+  hidden = y @ dense_0["kernel"] + dense_0["bias"]
+  from jax.scipy.special import erf
+  exact = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2.0)))
+  dense_1 = params["params"]["dense_1"]
+  np.testing.assert_allclose(block.apply(params, y), exact @ dense_1["kernel"] + dense_1["bias"],
+                             rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 
 from bigjax import train
 from bigjax.core import metrics
-from bigjax.inference.evaluate import evaluate as inference
+from bigjax.inference import evaluate as inference
 from bigjax.training.programs import Programs
 from bigjax.registry import ConfigError
 from configs import digits
@@ -134,7 +134,7 @@ def test_prediction_grid_frames_the_mistakes_and_only_them(tmp_path, shape):
 
 
 def test_report_names_library_versions_without_importing_them():
-  code = ("import sys; from bigjax import artifacts; v = artifacts._library_versions({}); "
+  code = ("import sys; from bigjax.outputs import artifacts; v = artifacts._library_versions({}); "
           "print(sorted(v), 'tensorflow_datasets' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout

@@ -119,11 +119,20 @@ def test_colab_notebook_cells_run_on_the_cpu(tmp_path):
   notebook = json.load(open(os.path.join(REPO_ROOT, "notebooks", "colab_tpu.ipynb")))
   cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
   assert len(cells) == 4
+  # The install cell: a clone of the repository, installed by path (pip resolves it in a dry
+  # run here, so this test's environment is left as it is).
+  clone = tmp_path / "clone"
+  env = dict(os.environ, BIGJAX_REPO=REPO_ROOT, BIGJAX_DIR=str(clone),
+             BIGJAX_PIP_ARGS="--dry-run --no-deps")
+  proc = subprocess.run([sys.executable, "-c", cells[0]], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (clone / "configs" / "mnist.py").exists() and (clone / "pyproject.toml").exists()
+  # Every cell, on the repository itself.
   script = tmp_path / "notebook.py"
   script.write_text("\n\n".join(cells))
-  env = dict(os.environ, BIGJAX_NOTEBOOK_TEST="1", BIGJAX_ALLOW_CPU="1", MPLBACKEND="Agg",
-             BIGJAX_CONFIG="digits", BIGJAX_WORKDIR=str(tmp_path / "run"),
-             PYTHONPATH=REPO_ROOT)
+  env = dict(env, BIGJAX_DIR=REPO_ROOT, BIGJAX_ALLOW_CPU="1", MPLBACKEND="Agg",
+             BIGJAX_CONFIG="digits", BIGJAX_WORKDIR=str(tmp_path / "run"))
   proc = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -135,6 +144,11 @@ def test_colab_notebook_cells_run_on_the_cpu(tmp_path):
   proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                         timeout=120, env=env)
   assert proc.returncode != 0 and "not a TPU. Runtime > Change runtime type > TPU" in proc.stderr
+  # Without a repository to clone, the install cell says what to set.
+  env = dict(os.environ, BIGJAX_DIR=str(tmp_path / "absent"), BIGJAX_REPO="")
+  proc = subprocess.run([sys.executable, "-c", cells[0]], capture_output=True, text=True,
+                        timeout=120, env=env)
+  assert proc.returncode != 0 and "Set BIGJAX_REPO" in proc.stderr
 
 
 def _free_port() -> int:

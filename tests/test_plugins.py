@@ -9,11 +9,19 @@ import sys
 from conftest import REPO_ROOT
 
 
-def _readme_python_blocks():
-  with open(os.path.join(REPO_ROOT, "README.md")) as f:
-    readme = f.read()
+def _python_blocks(page: str) -> dict:
+  with open(os.path.join(REPO_ROOT, page)) as f:
+    text = f.read()
   return {m.group(1): m.group(0)[len("```python\n"):-len("```")]
-          for m in re.finditer(r"```python\n# (\S+)\n.*?```", readme, flags=re.S)}
+          for m in re.finditer(r"```python\n# (\S+)\n.*?```", text, flags=re.S)}
+
+
+def _readme_python_blocks():
+  """The README's plug-in files, and docs/plugins.md's (the README's are the same)."""
+  readme, docs = _python_blocks("README.md"), _python_blocks("docs/plugins.md")
+  for path in set(readme) & set(docs):
+    assert readme[path] == docs[path], f"README.md and docs/plugins.md differ on {path}"
+  return {**docs, **readme}
 
 
 def test_readme_plugin_example_trains_through_run_py(tmp_path):

@@ -33,6 +33,32 @@ def test_published_parameter_counts(name, params):
   assert count_params(variables["params"]) == params
 
 
+@pytest.mark.parametrize("name,params,depth", [
+    # torchvision's resnet50/101/152 (1000 classes): the same counts, layer for layer.
+    ("resnet50", 25_557_032, 50), ("resnet101", 44_549_160, 101),
+    ("resnet152", 60_192_808, 152)])
+def test_bottleneck_resnets_have_torchvisions_parameter_counts(name, params, depth):
+  model = build_model(dict(name=name))
+  x = jnp.zeros((1, 224, 224, 3))
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), x))
+  assert count_params(variables["params"]) == params
+  report = summary.summarize(model, variables, x)
+  assert report["trainable_params"] == params and report["depth"] == depth
+  assert report["layers"][-1]["output_shape"] == [1000]
+
+
+def test_a_bottleneck_resnet_trains_a_step_on_small_images():
+  model = build_model(dict(name="resnet", block="bottleneck", stage_sizes=(1, 1),
+                           stage_features=(4, 8), num_classes=3))
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  variables = init_variables(model, jax.random.PRNGKey(1), x[:1])
+  assert variables["params"]["stage_1_block_0"]["conv_2"]["kernel"].shape == (1, 1, 8, 32)
+  out, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert out.shape == (4, 3) and bool(jnp.isfinite(out).all())
+  with pytest.raises(ValueError, match='block "wide": use "basic" or "bottleneck"'):
+    build_model(dict(name="resnet", block="wide")).init(jax.random.PRNGKey(0), x[:1])
+
+
 def test_depth_of_resnet20_is_20_with_either_shortcut():
   for shortcut in ("padding", "projection"):
     model = build_model(dict(name="resnet20", num_classes=10, shortcut=shortcut))

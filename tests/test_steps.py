@@ -1,4 +1,5 @@
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,3 +209,57 @@ def test_sgd_accumulated_micro_batches_equal_one_big_batch(grad_accum_steps):
   _assert_params_close(small.params, big.params)
   assert float(small_metrics["loss"]) == pytest.approx(float(big_metrics["loss"]), rel=1e-6)
   assert float(small_metrics["accuracy"]) == pytest.approx(float(big_metrics["accuracy"]))
+
+
+def test_multi_label_accuracy_is_subset_accuracy_of_thresholded_outputs():
+  """With a multi-label loss, a prediction with every class right scores 1, not 1/k."""
+  loss_fn = LOSSES.get("sigmoid_binary_cross_entropy")
+  assert loss_fn.multi_label
+  logits = jnp.array([[3.0, 2.0, -1.0],    # predicts {0, 1}: right
+                      [3.0, -2.0, -1.0],   # predicts {0}: one class missed
+                      [-3.0, -2.0, 4.0]])  # predicts {2}: right
+  labels = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  np.testing.assert_array_equal(metrics.correct_predictions(logits, labels, multi_label=True),
+                                [1.0, 0.0, 1.0])
+  # Single-label accuracy (argmax against the label's argmax) would score the first 1, the
+  # second 1 too: the case this changes.
+  np.testing.assert_array_equal(metrics.correct_predictions(logits, labels), [1.0, 1.0, 1.0])
+
+  class Fixed(nn.Module):  # outputs the logits above whatever the input
+    @nn.compact
+    def __call__(self, x, train=False):
+      bias = self.param("bias", lambda key: logits)
+      return bias + 0.0 * x.reshape(x.shape[0], -1)[:, :1]
+
+  model = Fixed()
+  batch = {"image": jnp.zeros((3, 2, 2, 1)), "label": labels}
+  state = create_train_state(model.init(jax.random.PRNGKey(0), batch["image"]),
+                             build_optimizer({"name": "sgd", "learning_rate": 0.0}),
+                             jax.random.PRNGKey(0))
+  sums = jax.jit(make_eval_step(model, loss_fn, ("loss", "accuracy")))(state, batch)
+  assert metrics.finalize(sums)["accuracy"] == pytest.approx(2 / 3)
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.0})
+  _, step_metrics = jax.jit(make_train_step(model, loss_fn, tx))(state, batch)
+  assert float(step_metrics["accuracy"]) == pytest.approx(2 / 3)
+
+
+def test_a_regression_batch_may_call_its_values_target():
+  model = build_model(dict(name="mlp", hidden_sizes=(8,), activation="relu",
+                           dropout_rate=0.0, num_classes=1))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (16, 4))
+  y = x.sum(axis=1)
+  loss_fn = LOSSES.get("mean_squared_error")
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.05})
+  state = create_train_state(init_variables(model, jax.random.PRNGKey(1), x[:1]), tx,
+                             jax.random.PRNGKey(2))
+  step = jax.jit(make_train_step(model, loss_fn, tx))
+  evaluate = jax.jit(make_eval_step(model, loss_fn, ("loss", "mse")))
+  as_target, as_label = {"image": x, "target": y}, {"image": x, "label": y}
+  before = metrics.finalize(evaluate(state, as_target), ("loss", "mse"))
+  assert before["loss"] == pytest.approx(metrics.finalize(evaluate(state, as_label), ("loss", "mse"))["loss"])
+  trained, _ = step(state, as_target)
+  same, _ = step(state, as_label)
+  chex.assert_trees_all_close(trained.params, same.params)
+  assert metrics.finalize(evaluate(trained, as_target), ("loss", "mse"))["loss"] < before["loss"]
+  with pytest.raises(KeyError, match='needs "label" .* or "target"'):
+    step(state, {"image": x, "y": y})

@@ -1,6 +1,7 @@
 """The depth and parameter report (bigjax.outputs.summary, run.py --mode=summary)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -130,3 +131,57 @@ def test_gpt_reports_attention_mlp_and_norm_parameters_per_block():
   markdown = summary.to_markdown(report)
   assert (f"| block_1 | {mlp:,} | {norms:,} | {attention:,} | {attention + mlp + norms:,} |"
           in markdown)
+
+
+@pytest.mark.parametrize("spec", ["fashion_mnist.py:cnn", "lm_tiny.py:small",
+                                  "cifar10_vit.py:small", "cats_vs_dogs.py:small"])
+def test_the_input_spec_from_the_config_is_the_datas(spec, tmp_path):
+  """What --mode=summary builds the model on, read from the config and the dataset's
+  metadata, is exactly one example of the data (shape and dtype), for each kind of source."""
+  import os
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from bigjax import data as data_lib
+  from bigjax.data import spec as spec_lib
+  config = summary.load_config_file(os.path.join(REPO_ROOT, "configs", spec))
+  if config.data.source == "idx" and not os.path.isdir(config.data.path):
+    pytest.skip(f"{config.data.path} is not installed")
+  if config.data.source == "text" and not os.path.exists(config.data.path):
+    pytest.skip(f"{config.data.path} is not installed (apt-get install fortunes)")
+  example = spec_lib.example_input(config.data)
+  assert example is not None
+  with tfds.testing.mock_data(num_examples=8, data_dir=str(tmp_path)):
+    data = data_lib.load(config.data)
+  first = np.asarray(data.train.images[:1])
+  assert (example.shape, example.dtype) == (first.shape, first.dtype)
+
+
+def test_summary_of_a_tfds_config_runs_offline_without_the_dataset(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "no_data"))
+  proc = subprocess.run([sys.executable, "run.py", "--config=configs/mnist.py",
+                         "--mode=summary", f"--workdir={tmp_path}", "--compilation_cache="],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "101,770" in proc.stdout  # 784-128-10
+
+
+def test_a_tied_output_head_counts_its_flops_but_no_parameters():
+  """GPT's head is the token embedding transposed: 2 x D x V FLOPs per position, as for an
+  untied head of the same shape, with no parameters of its own."""
+  d, vocab, n = 32, 256, 16
+  reports = {}
+  for tied in (True, False):
+    model = build_model(dict(name="gpt", vocab_size=vocab, context_length=n, hidden_size=d,
+                             depth=1, num_heads=4, mlp_ratio=4.0, positions="learned",
+                             norm="layer", tie_embeddings=tied))
+    x = jnp.zeros((1, n), jnp.int32)
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), x))
+    reports[tied] = summary.summarize(model, variables, x)
+  head = [layer for layer in reports[True]["layers"] if "tied head" in layer["path"]]
+  assert len(head) == 1 and head[0]["trainable"] == 0
+  assert head[0]["flops_per_example"] == 2 * d * vocab * n
+  untied = [layer for layer in reports[False]["layers"] if layer["path"] == "head"][0]
+  bias_adds = untied["flops_per_example"] - 2 * d * vocab * n  # 0 without a bias
+  assert reports[True]["flops_per_example"] == (reports[False]["flops_per_example"]
+                                                - bias_adds)
+  assert reports[True]["depth"] == reports[False]["depth"] - 1  # (the tied head: not counted)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bigjax import train
-from bigjax.inference.evaluate import evaluate as inference
+from bigjax.inference import evaluate as inference
 from bigjax.training import checkpoint
 from bigjax.training.programs import Programs
 from bigjax.registry import ConfigError

@@ -4,7 +4,9 @@ Contract: `loss_fn(outputs_BxC, batch, **hyperparams) -> per_example_loss_B`, pu
 jittable. The train step averages it with `batch["mask"]` (padding) times `batch["weight"]`
 (optional per-example weights), so a loss never needs to know about either.
 `batch["label"]` holds integer labels `[B]` or one-hot/soft/multi-hot labels `[B, C]`;
-regression losses read `batch["target"]` when present.
+regression losses read `batch["target"]` when present. A loss whose outputs are
+independent per-class probabilities sets `multi_label = True` on itself: accuracy is then
+subset accuracy over thresholded outputs (bigjax.core.metrics.correct_predictions).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from bigjax.registry import Registry
 
 LOSSES = Registry("loss")
 register_loss = LOSSES.register
+
+
+def batch_labels(batch: dict) -> jax.Array:
+  """The batch's labels: `batch["label"]`, or for regression `batch["target"]`."""
+  if "label" in batch:
+    return batch["label"]
+  if "target" in batch:
+    return batch["target"]
+  raise KeyError(f'A batch needs "label" (classes) or "target" (regression values); this one '
+                 f"has {sorted(batch)}.")
 
 
 def _targets_like(outputs_BxC: jax.Array, labels: jax.Array) -> jax.Array:
@@ -76,6 +88,9 @@ def sigmoid_binary_cross_entropy(logits_BxC: jax.Array, batch: dict) -> jax.Arra
   return optax.sigmoid_binary_cross_entropy(logits_BxC.astype(jnp.float32), targets).mean(-1)
 
 
+sigmoid_binary_cross_entropy.multi_label = True
+
+
 @register_loss("multiclass_hinge")
 def multiclass_hinge(logits_BxC: jax.Array, batch: dict, margin: float = 1.0) -> jax.Array:
   """Crammer-Singer: max(0, margin + max_{j != y} s_j - s_y)."""
@@ -95,9 +110,7 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 def regression_targets(outputs_BxC: jax.Array, batch: dict) -> jax.Array:
   """`batch["target"]`; else float labels (regression targets, [B] for [B, 1] outputs);
   else one-hot integer labels."""
-  if "target" in batch:
-    return batch["target"]
-  labels = batch["label"]
+  labels = batch_labels(batch)
   if jnp.issubdtype(labels.dtype, jnp.floating) and labels.ndim == outputs_BxC.ndim - 1:
     return labels.reshape(outputs_BxC.shape[0], *([1] * (outputs_BxC.ndim - 1)))
   return _targets_like(outputs_BxC, labels)

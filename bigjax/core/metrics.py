@@ -38,8 +38,13 @@ def class_labels(outputs_BxC: jax.Array, labels: jax.Array) -> jax.Array:
   return labels.argmax(-1) if labels.ndim == outputs_BxC.ndim else labels
 
 
-def correct_predictions(logits_BxC: jax.Array, labels: jax.Array) -> jax.Array:
-  """1.0 where argmax(logits) equals the (integer or one-hot) label, else 0.0."""
+def correct_predictions(logits_BxC: jax.Array, labels: jax.Array,
+                        multi_label: bool = False) -> jax.Array:
+  """1.0 where argmax(logits) equals the (integer or one-hot) label, else 0.0. Multi-label
+  (independent sigmoid outputs, multi-hot labels [B, C]): 1.0 where every class's
+  prediction (logit > 0) equals its label, as scikit-learn's subset accuracy."""
+  if multi_label:
+    return ((logits_BxC > 0) == (labels > 0.5)).all(-1).astype(jnp.float32)
   return (logits_BxC.argmax(-1) == class_labels(logits_BxC, labels)).astype(jnp.float32)
 
 
@@ -212,13 +217,20 @@ def parse_names(names: str | Sequence[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(["loss", *names]))  # the loss is needed to catch divergence
 
 
-def sum_functions(names: Iterable[str]) -> dict[str, SumFn]:
-  """Every sum the named metrics need, each once (and always the count)."""
+def _multi_label_correct_sum(outputs, labels, weights, loss):
+  return (correct_predictions(outputs, labels, multi_label=True) * weights).sum()
+
+
+def sum_functions(names: Iterable[str], multi_label: bool = False) -> dict[str, SumFn]:
+  """Every sum the named metrics need, each once (and always the count). multi_label:
+  accuracy is subset accuracy over thresholded sigmoid outputs (see correct_predictions)."""
   fns: dict[str, SumFn] = {"count": SUMS["count"]}
   for name in names:
     metric = get_metric(name)
     for key in metric.sums:
       fns[key] = metric.sum_fns.get(key) or SUMS[key]
+  if multi_label and "correct_sum" in fns:
+    fns["correct_sum"] = _multi_label_correct_sum
   return fns
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from bigjax.core import metrics as metrics_lib
+from bigjax.core.losses import batch_labels
 from bigjax.core.optimizers import current_learning_rate
 
 LossFn = Callable[[jax.Array, dict], jax.Array]
@@ -117,6 +118,7 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1; got {grad_accum_steps}.")
   tx = optax.with_extra_args_support(tx)  # reduce-on-plateau reads the loss as `value`
+  multi_label = getattr(loss_fn, "multi_label", False)
   # Python facts about the traced model, recorded by micro_step while train_step traces it
   # (one trace of the forward pass, not a second one for the output shape).
   traced: dict = {}
@@ -134,11 +136,12 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
         loss_sum_of, has_aux=True)(params)
     # Known while tracing; train_step reads it to decide whether to report accuracy.
-    traced["classifies"] = has_class_outputs(logits, batch["label"])
+    traced["classifies"] = has_class_outputs(logits, batch_labels(batch))
     if not traced["classifies"]:
       correct = jnp.zeros(())
     else:
-      correct = (metrics_lib.correct_predictions(logits, batch["label"]) * weights).sum()
+      correct = (metrics_lib.correct_predictions(logits, batch_labels(batch), multi_label)
+                 * weights).sum()
     return grads, (loss_sum, weights.sum(), correct), new_model_state
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -196,13 +199,13 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn,
   metrics (bigjax.core.metrics); `metrics.finalize` or `metrics.compute` turns sums into values.
   with_outputs: `-> (sums, outputs [B, ...] as float32)`, the model's outputs of the same
   forward pass (what pictures of predictions need, without a second pass over the split)."""
-  sum_fns = metrics_lib.sum_functions(metric_names)
+  sum_fns = metrics_lib.sum_functions(metric_names, getattr(loss_fn, "multi_label", False))
 
   def eval_step(state: TrainState, batch: dict):
     logits = predict_logits(model, state, batch["image"], compute_dtype)
     per_example = loss_fn(logits, batch)
     _check_loss_shape(per_example, batch["image"].shape[0], loss_fn)
-    sums = metrics_lib.compute_sums(sum_fns, logits, batch["label"], example_weights(batch),
+    sums = metrics_lib.compute_sums(sum_fns, logits, batch_labels(batch), example_weights(batch),
                                     per_example)
     return (sums, logits.astype(jnp.float32)) if with_outputs else sums
 

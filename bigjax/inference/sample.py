@@ -79,7 +79,7 @@ def sample(config, workdir: str, prompt: str, step="latest", max_new_tokens: int
            seed: int | None = None) -> list[str]:
   """Texts generated from a workdir's checkpoint; written to <workdir>/samples.txt."""
   from bigjax.finetuning import lora
-  from bigjax.inference.evaluate import evaluate as inference
+  from bigjax.inference import evaluate as inference
   options = dict(config.get("sample") or {})
   pick = lambda value, key, default: value if value is not None else options.get(key, default)
   max_new_tokens = pick(max_new_tokens, "max_new_tokens", 200)

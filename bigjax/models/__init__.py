@@ -19,7 +19,10 @@ from bigjax.models.resnet import ResNet18
 from bigjax.models.resnet import ResNet20
 from bigjax.models.resnet import ResNet32
 from bigjax.models.resnet import ResNet34
+from bigjax.models.resnet import ResNet50
 from bigjax.models.resnet import ResNet56
+from bigjax.models.resnet import ResNet101
+from bigjax.models.resnet import ResNet152
 from bigjax.models.vit import ViT
 from bigjax.registry import check_keys
 from bigjax.registry import Registry
@@ -32,7 +35,8 @@ MODELS.register("vit")(ViT)
 MODELS.register("gpt")(GPT)
 MODELS.register("denoising_autoencoder")(DenoisingAutoencoder)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
-                    "resnet18": ResNet18, "resnet34": ResNet34}.items():
+                    "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
+                    "resnet101": ResNet101, "resnet152": ResNet152}.items():
   MODELS.register(_name)(_cls)
 
 register_model = MODELS.register

@@ -31,9 +31,11 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Ar
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def _norm(kind: str, name: str) -> nn.Module:
+def _norm(kind: str, name: str, epsilon: float) -> nn.Module:
   """The blocks' and the final norm: "rms" or "layer"."""
-  return nn.RMSNorm(name=name) if kind == "rms" else LayerNorm(name=name)
+  if kind == "rms":
+    return nn.RMSNorm(epsilon=epsilon, name=name)
+  return LayerNorm(epsilon=epsilon, name=name)
 
 
 class CausalSelfAttention(nn.Module):
@@ -74,10 +76,12 @@ class Block(nn.Module):
   dropout_rate: float = 0.0
   rope: bool = False
   norm: str = "layer"
+  norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x, positions, train: bool = False, decode: bool = False):
-    norm = lambda name: _norm(self.norm, name)
+    norm = lambda name: _norm(self.norm, name, self.norm_epsilon)
     drop = Dropout(self.dropout_rate, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, name="attention")(
         norm("norm_0")(x), positions, decode)
@@ -85,7 +89,8 @@ class Block(nn.Module):
     init = get_initializer("normal:0.02")
     y = nn.Dense(int(self.mlp_ratio * x.shape[-1]), kernel_init=init, name="mlp_in")(
         norm("norm_1")(x))
-    y = nn.Dense(x.shape[-1], kernel_init=init, name="mlp_out")(nn.gelu(y))
+    y = nn.Dense(x.shape[-1], kernel_init=init, name="mlp_out")(
+        nn.gelu(y, approximate=self.gelu_approximate))
     return x + drop(y)
 
 
@@ -101,6 +106,10 @@ class GPT(nn.Module):
   norm: str = "layer"            # layer | rms
   tie_embeddings: bool = True    # the output head is the token embedding, transposed
   remat: bool = False            # recompute each block's activations in the backward pass
+  # Imported checkpoints need their own: GPT-2 uses 1e-5 and the tanh GELU, Llama RMSNorm
+  # 1e-5 or 1e-6; exact GELU is the erf form.
+  norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool = False, decode: bool = False):
@@ -136,9 +145,9 @@ class GPT(nn.Module):
     block = nn.remat(Block, static_argnums=(3, 4)) if self.remat else Block
     for i in range(self.depth):
       x = block(self.num_heads, self.context_length, self.mlp_ratio, self.dropout_rate,
-                self.positions == "rope", self.norm, name=f"block_{i}")(x, positions, train,
-                                                                       decode)
-    x = _norm(self.norm, "final_norm")(x)
+                self.positions == "rope", self.norm, self.norm_epsilon,
+                self.gelu_approximate, name=f"block_{i}")(x, positions, train, decode)
+    x = _norm(self.norm, "final_norm", self.norm_epsilon)(x)
     if self.tie_embeddings:
       return embedding.attend(x)
     return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros, name="head")(x)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.models import backend
 from bigjax.models.norm import BatchNorm
 from bigjax.models.norm import LayerNorm
 from bigjax.registry import Registry
@@ -17,7 +18,8 @@ for _name, _fn in {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
+    "gelu": jax.nn.gelu,                                   # the tanh approximation
+    "gelu_exact": partial(jax.nn.gelu, approximate=False),  # the erf form (timm, BERT)
     "elu": jax.nn.elu,
     "leaky_relu": jax.nn.leaky_relu,
     "silu": jax.nn.silu,
@@ -38,6 +40,8 @@ def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
   b, h, w, c = x_BxHxWxC.shape
   if h // window < 1 or w // window < 1:
     raise ValueError(f"max_pool: a {h}x{w} input is smaller than the {window}x{window} window.")
+  if not backend.hand_written_kernels():
+    return nn.max_pool(x_BxHxWxC, (window, window), (window, window), "VALID")
   return _max_pool(x_BxHxWxC, window)
 
 
@@ -115,7 +119,10 @@ class Dropout(nn.Module):
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.size,)).reshape(x.shape)
+    if backend.hand_written_kernels():  # one flat draw: the same bits, faster to compile on CPUs
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.size,)).reshape(x.shape)
+    else:  # nn.Dropout's own draw
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 

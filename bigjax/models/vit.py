@@ -16,11 +16,13 @@ from bigjax.models.norm import LayerNorm
 class MlpBlock(nn.Module):
   hidden: int
   dropout_rate: float = 0.0
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     width = x.shape[-1]
-    x = Activation("gelu")(nn.Dense(self.hidden, name="dense_0")(x))
+    gelu = Activation("gelu" if self.gelu_approximate else "gelu_exact")
+    x = gelu(nn.Dense(self.hidden, name="dense_0")(x))
     x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(width, name="dense_1")(x)
 
@@ -30,15 +32,18 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dropout_rate: float = 0.0
+  norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = LayerNorm(name="norm_0")(x)
+    y = LayerNorm(epsilon=self.norm_epsilon, name="norm_0")(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                                         deterministic=not train, name="attention")(y, y)
     x = x + Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = LayerNorm(name="norm_1")(x)
-    y = MlpBlock(int(self.mlp_ratio * x.shape[-1]), self.dropout_rate, name="mlp")(y, train)
+    y = LayerNorm(epsilon=self.norm_epsilon, name="norm_1")(x)
+    y = MlpBlock(int(self.mlp_ratio * x.shape[-1]), self.dropout_rate, self.gelu_approximate,
+                 name="mlp")(y, train)
     return x + Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
@@ -51,6 +56,8 @@ class ViT(nn.Module):
   pool: str = "cls"  # cls: a learned class token | mean: the mean of the patch tokens
   dropout_rate: float = 0.0
   num_classes: int = 10
+  norm_epsilon: float = 1e-6     # timm's ViTs: 1e-6 with exact GELU (gelu_approximate=False)
+  gelu_approximate: bool = True  # the tanh form
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -73,8 +80,8 @@ class ViT(nn.Module):
                        (1, x.shape[1], self.hidden_size))
     x = Dropout(self.dropout_rate, deterministic=not train)(x)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, name=f"block_{i}")(
-          x, train)
-    x = LayerNorm(name="final_norm")(x)
+      x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate, self.norm_epsilon,
+                       self.gelu_approximate, name=f"block_{i}")(x, train)
+    x = LayerNorm(epsilon=self.norm_epsilon, name="final_norm")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)

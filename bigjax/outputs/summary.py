@@ -98,9 +98,12 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
   calls: list[dict] = []
 
   def record(next_fun, args, kwargs, context):
-    if context.method_name != "__call__":
+    # __call__ is a layer; an embedding's `attend` is a tied output head (its own FLOPs,
+    # the embedding's parameters).
+    if context.method_name not in ("__call__", "attend"):
       return next_fun(*args, **kwargs)
-    row = {"module": context.module, "path": tuple(context.module.path)}
+    row = {"module": context.module, "path": tuple(context.module.path),
+           "method": context.method_name}
     calls.append(row)
     out = next_fun(*args, **kwargs)
     row["input"] = tuple(args[0].shape) if args and hasattr(args[0], "shape") else None
@@ -110,7 +113,7 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
   with nn.intercept_methods(record):
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, example_x)
 
-  paths = [c["path"] for c in calls]
+  paths = [c["path"] for c in calls if c["method"] == "__call__"]
   # Attention is reported as one layer, though Flax builds it from four DenseGenerals.
   whole = [c["path"] for c in calls
            if LAYER_TYPES.get(type(c["module"]).__name__) == "attention"]
@@ -118,6 +121,14 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
   for call in calls:
     path = call["path"]
     cls = type(call["module"]).__name__
+    if call["method"] == "attend":  # [..., D] @ embedding.T -> [..., V]
+      features, out = call["input"][-1], call["output"]
+      layers.append({
+          "path": "/".join(path) + " (tied head)", "type": "dense", "class": f"{cls}.attend",
+          "input_shape": list(call["input"][1:]), "output_shape": list(out[1:]),
+          **_weights_and_biases({}), "non_trainable": 0, "in_depth": False,
+          "flops_per_example": 2 * features * math.prod(out[1:])})
+      continue
     layer_type = LAYER_TYPES.get(cls, cls.lower())
     if any(path[:len(w)] == w and path != w for w in whole):
       continue  # inside an attention layer
@@ -242,13 +253,18 @@ def compare_markdown(reports: dict[str, dict]) -> str:
 
 
 def report_for_config(config) -> dict:
-  """Builds the model and its variables from a config (loads the data for the input shape)."""
+  """Builds the model and its variables' shapes from a config. The input's shape comes from
+  the config and the dataset's metadata where they say enough (bigjax.data.spec), so
+  nothing is downloaded or read; else from the data."""
   from bigjax import data as data_lib
+  from bigjax.data import spec
   from bigjax.models import build_model
   from bigjax.models import init_variables
-  data = data_lib.load(config.data)
   model = build_model(config.model)
-  example = jnp.asarray(data.train.images[:1])
+  example = spec.example_input(config.data)
+  if example is None:
+    example = data_lib.load(config.data).train.images[:1]
+  example = jnp.asarray(example)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
   return summarize(model, variables, example)
 
