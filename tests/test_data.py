@@ -141,11 +141,17 @@ def test_unknown_tfds_name_suggests_nearest(tmp_path):
     tfds_source.load_tfds_split("fasion_mnist", "train", str(tmp_path), download=False)
 
 
-def test_unprepared_tfds_fails_at_once_without_download(tmp_path):
-  t0 = time.perf_counter()
+def _no_waiting(monkeypatch):
+  """Fail fast means no retry loop: any sleep (TFDS waits between its retries) fails."""
+  def sleep(seconds):
+    raise AssertionError(f"slept {seconds} s: something retried instead of failing at once")
+  monkeypatch.setattr(time, "sleep", sleep)
+
+
+def test_unprepared_tfds_fails_at_once_without_download(tmp_path, monkeypatch):
+  _no_waiting(monkeypatch)
   with pytest.raises(tfds_source.DatasetUnavailableError) as e:
     tfds_source.load_tfds_split("mnist", "train", str(tmp_path), download=False)
-  assert time.perf_counter() - t0 < 10
   message = str(e.value)
   assert "not prepared" in message and "data_dir" in message and "source=idx" in message
 
@@ -153,11 +159,10 @@ def test_unprepared_tfds_fails_at_once_without_download(tmp_path):
 def test_unprepared_tfds_fails_fast_when_the_network_is_down(tmp_path, monkeypatch):
   # The probe itself: a refused connection answers False at once.
   monkeypatch.setattr(tfds_source, "_PROBE_HOST", ("127.0.0.1", 9))
-  t0 = time.perf_counter()
+  _no_waiting(monkeypatch)
   assert tfds_source._network_reachable() is False
   with pytest.raises(tfds_source.DatasetUnavailableError, match="network is unreachable"):
     tfds_source.load_tfds_split("mnist", "train", str(tmp_path), download=True)
-  assert time.perf_counter() - t0 < 10
 
 
 def test_run_py_offline_tfds_failure_is_fast_and_says_what_to_do(tmp_path):
@@ -170,7 +175,8 @@ def test_run_py_offline_tfds_failure_is_fast_and_says_what_to_do(tmp_path):
   assert proc.returncode == 1
   assert 'TFDS dataset "mnist" is not prepared' in proc.stderr
   assert "--config.data.source=idx" in proc.stderr
-  assert elapsed < 30  # interpreter + jax import included; TFDS alone would retry ~205 s
+  # Far below the ~205 s TFDS's own retries take (interpreter and imports included).
+  assert elapsed < 100
   # bigjax's own checks end with their message, not a traceback (unless asked for one).
   assert "Traceback" not in proc.stderr and "bigjax: error: " in proc.stderr
 

@@ -159,46 +159,46 @@ def test_learning_rate_factors_scale_the_updates(tmp_path):
 # ------------------------------------------------------------------ surviving anything
 
 
-def _start(workdir, *args):
-  return subprocess.Popen(
-      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={workdir}",
-       "--config.report.plots=False", "--config.report.html=False", *args],
-      cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+SIGNAL_AT_STEP = """
+import os, signal
+from bigjax.training import hooks
 
 
-def _wait_for(proc, text):
-  for line in proc.stderr:
-    if text in line:
-      return
-  raise AssertionError(f"the run ended before printing {text!r}")
+class SignalAt(hooks.Hook):
+  \"\"\"Sends the process a signal after a given step: the same moment on any machine.\"\"\"
+
+  def after_step(self, run, state):
+    if run.loop.step == int(os.environ["SIGNAL_STEP"]):
+      os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL_NAME"]))
+"""
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_a_run_stopped_any_way_resumes_to_the_same_params(how, tmp_path):
-  epochs = ["--config.train.num_epochs=12", "--config.checkpoint.every_steps=15"]
-  straight = subprocess.run(
-      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={tmp_path / 'a'}",
-       "--config.report.plots=False", "--config.report.html=False", *epochs],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  epochs = ["--config.train.num_epochs=12", "--config.checkpoint.every_steps=15",
+            "--config.train.steps_per_call=1"]
+  run_py = lambda workdir, *args, env=None: subprocess.run(
+      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={workdir}",
+       "--config.report.plots=False", "--config.report.html=False", *epochs, *args],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  straight = run_py(tmp_path / "a")
   assert straight.returncode == 0, straight.stderr[-2000:]
 
-  proc = _start(tmp_path / "b", *epochs)
-  _wait_for(proc, "epoch 3/12 step")  # mid-run, past a few checkpoints
-  proc.send_signal(getattr(signal, how))
-  rest = proc.stderr.read()
-  proc.wait(timeout=120)
-  if how == "SIGKILL":
-    assert proc.returncode == -signal.SIGKILL
-  else:
-    assert proc.returncode == 128 + getattr(signal, how), rest[-2000:]
-    assert f"{how}: saved a checkpoint at step" in rest
+  # Stopped mid-epoch 3 (44 steps an epoch), past a few checkpoints, by a hook.
+  (tmp_path / "signal_at_step.py").write_text(SIGNAL_AT_STEP)
+  env = dict(os.environ, SIGNAL_STEP="100", SIGNAL_NAME=how,
+             PYTHONPATH=os.pathsep.join([str(tmp_path), REPO_ROOT]))
+  stopped = run_py(tmp_path / "b", '--config.hooks=("signal_at_step:SignalAt",)', env=env)
   stopped_at = checkpoint.make_manager(str(tmp_path / "b"), create=False).latest_step()
-  assert 0 < stopped_at < 12 * 40
+  if how == "SIGKILL":  # the last complete checkpoint before it (every 15 steps, or an epoch's end)
+    assert stopped.returncode == -signal.SIGKILL
+    assert 0 < stopped_at < 100
+  else:  # the loop sees the signal after the step it arrived in, saves there and stops
+    assert stopped.returncode == 128 + getattr(signal, how), stopped.stderr[-2000:]
+    assert f"{how}: saved a checkpoint at step 101" in stopped.stderr
+    assert stopped_at == 101
 
-  resumed = subprocess.run(
-      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={tmp_path / 'b'}",
-       "--config.report.plots=False", "--config.report.html=False", *epochs],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  resumed = run_py(tmp_path / "b")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"resumed from step {stopped_at}" in resumed.stderr
   a, b = _params(tmp_path / "a"), _params(tmp_path / "b")

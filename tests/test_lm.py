@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from bigjax import train
+from bigjax.core import losses
 from bigjax.finetuning import lora
 from bigjax.training.programs import Programs
 from bigjax.data import sources, text
@@ -173,6 +174,16 @@ def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
                         temperature=0.0)
   assert texts[0].startswith("the qu") and len(texts[0].encode()) == 6 + 12
   assert (tmp_path / "run" / "samples.txt").read_text().count("---") == 1
+  # The same through run.py, from the workdir's own config.json: greedy decoding repeats.
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  proc = subprocess.run([sys.executable, "run.py", "--mode=sample",
+                         f"--workdir={tmp_path / 'run'}", "--prompt=the qu",
+                         "--max_new_tokens=12", "--temperature=0", "--compilation_cache="],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert texts[0] in proc.stdout + proc.stderr
 
 
 def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
@@ -231,14 +242,35 @@ def test_flops_per_token_counts_the_model_matmul_weights():
   assert mfu.utilisation(1000, 1e9, "cpu", 1) is None
 
 
-@pytest.mark.parametrize("name, low, high", [("lm_tiny", 0.8e6, 0.9e6),
-                                             ("lm_small", 10e6, 30e6), ("lm_1b", 0.9e9, 1.1e9)])
-def test_lm_configs_build_models_of_the_stated_size(name, low, high):
+# The sizes the configs' docstrings state (842,496 = 0.84M, 11.1M, 1.0B), exactly.
+@pytest.mark.parametrize("name, expected", [("lm_tiny", 842_496), ("lm_small", 11_139_072),
+                                            ("lm_1b", 1_007_609_856)])
+def test_lm_configs_build_models_of_the_stated_size(name, expected):
   import importlib
   config = importlib.import_module(f"configs.{name}").get_config()
   model = build_model(config.model)
   tokens = jax.ShapeDtypeStruct((1, config.data.seq_len), jnp.int32)
   shapes = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), tokens)
   count = sum(x.size for x in jax.tree.leaves(shapes["params"]))
-  assert low <= count <= high, count
+  assert count == expected, count
   assert config.data.seq_len <= config.model.context_length
+
+
+@pytest.mark.parametrize("norm, tie_embeddings", [("rms", False), ("layer", True)])
+def test_remat_recomputes_the_same_loss_and_gradients(norm, tie_embeddings):
+  """remat trades memory for recompute only: on and off agree, for RMSNorm with an untied
+  head and LayerNorm with a tied one (whose parameter trees differ as they should)."""
+  results = {}
+  for remat in (False, True):
+    model, params, tokens = _model(norm=norm, tie_embeddings=tie_embeddings, remat=remat)
+
+    def loss(p):
+      logits = model.apply({"params": p}, tokens[:, :-1])
+      return losses.token_cross_entropy(logits, {"label": tokens[:, 1:]}).mean()
+    results[remat] = jax.value_and_grad(loss)(params)
+  assert ("head" in results[False][1]) == (not tie_embeddings)
+  norm_params = set(results[False][1]["block_0"]["norm_0"])
+  assert norm_params == ({"scale"} if norm == "rms" else {"scale", "bias"})
+  np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               results[True][1], results[False][1])

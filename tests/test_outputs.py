@@ -201,6 +201,30 @@ def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
     assert from_files[i]["predicted"] == rows[i]["predicted"]
 
 
+def test_eval_and_predict_through_run_py_with_the_best_step_and_a_split(finished_run):
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  config, workdir, results = finished_run
+  run = lambda *args: subprocess.run([sys.executable, "run.py", f"--workdir={workdir}",
+                                      "--compilation_cache=", *args], cwd=REPO_ROOT,
+                                     capture_output=True, text=True, timeout=300)
+  proc = run("--mode=eval", "--step=best", "--split=validation")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluated = json.loads(open(os.path.join(workdir, "eval_results.json")).read())
+  best = results["best_checkpoint"]
+  assert evaluated["step"] == best["step"] and sorted(evaluated) == ["checkpoint", "step",
+                                                                     "validation"]
+  assert evaluated["validation"]["accuracy"] == pytest.approx(best["value"])
+  proc = run("--mode=predict", "--split=validation")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(workdir, "predictions_validation.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == results["metrics"]["validation"]["count"]
+  accuracy = np.mean([r["label"] == r["predicted"] for r in rows])
+  assert accuracy == pytest.approx(results["metrics"]["validation"]["accuracy"])
+
+
 def test_predict_on_an_unreadable_image(finished_run, tmp_path):
   config, workdir, _ = finished_run
   bad = tmp_path / "notes.png"

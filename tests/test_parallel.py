@@ -38,6 +38,11 @@ def test_sharded_and_pmap_training_equal_single_device_training(eight_devices):
   assert r["pmap8_test_loss"] == pytest.approx(r["jit8_test_loss"], rel=1e-6)
 
 
+def test_gradient_accumulation_under_pmap_equals_it_on_one_device(eight_devices):
+  r = eight_devices
+  assert r["accum_pmap8_vs_one"] < 1e-5  # each device: 2 micro-batches of its 4 examples
+
+
 def test_fsdp_really_shards_and_equals_replicated(eight_devices):
   r = eight_devices
   specs = r["fsdp_specs"]  # mesh data=2 x fsdp=4, arrays of >= 1000 elements split

@@ -24,6 +24,7 @@ def config(**parallel):
     c.train.steps_per_call = 1
     c.report.plots = c.report.html = c.report.tensorboard = False
     c.eval.every_epoch = ""
+    c.train.update(parallel.pop("train", {}))
     precision = parallel.pop("precision", None)
     if precision:
       c.precision.compute_dtype = precision
@@ -60,6 +61,13 @@ def main(root):
            jax.tree_util.tree_leaves_with_path(setup.initial_state.params)}
   out["fsdp_specs"] = specs
   out["jit8_batch_devices"] = len(Programs(runs["jit8"]).batch_sharding.device_set)
+
+  # Gradient accumulation under pmap (2 micro-batches per device) equals it on one device.
+  for name, c in (("accum_one", config(num_devices=1, train=dict(grad_accum_steps=2))),
+                  ("accum_pmap8", config(mode="pmap", train=dict(grad_accum_steps=2)))):
+    train.run(c, os.path.join(root, name))
+    _, params[name] = params_of(os.path.join(root, name))
+  out["accum_pmap8_vs_one"] = max_diff(params["accum_one"], params["accum_pmap8"])
 
   # A checkpoint saved on 8 devices resumes on 1, and one saved on 1 resumes on 8.
   for first, then, name in ((config(), config(num_devices=1), "8to1"),
