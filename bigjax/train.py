@@ -119,15 +119,15 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """Trains, evaluates and checkpoints as `config` says; returns (and writes) the results.
   `hooks` run after the built-in ones and config.hooks (bigjax/training/hooks.py)."""
   t_start = time.perf_counter()
+  user_hooks = [*hooks_lib.from_config(config.hooks), *hooks]  # (a bad one fails first)
+  for hook in hooks:
+    hooks_lib.check(hook, "train.run(hooks=...)")
   workdir, manager = _prepare_workdir(config, workdir)
   programs = Programs(config)
   epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
   final_splits = programs.split_names(config.eval.at_end, "config.eval.at_end")
   best_key = _best_key(config, epoch_splits)
   check_metric_keys(config, programs, epoch_splits, best_key)
-  user_hooks = [*hooks_lib.from_config(config.hooks), *hooks]
-  for hook in hooks:
-    hooks_lib.check(hook, "train.run(hooks=...)")
   if _is_writer():
     write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
 

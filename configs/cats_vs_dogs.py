@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mnist
+from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   unknown = set(tokens) - {"folder", "small"}
   if unknown:
     raise ValueError(f"Unknown config variant(s) {sorted(unknown)}: use folder and/or small.")
-  config = mnist.base_config("cnn", small=False)
+  config = base.base_config("cnn", small=False)
   config.model.update(conv_features=(16, 32), dense_sizes=(64,), num_classes=2)
   config.data.update(
       name="cats_vs_dogs", train_split="train[:80%]", test_split="train[80%:]",

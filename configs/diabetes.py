@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mnist
+from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = mnist.base_config("mlp", small=False)
+  config = base.base_config("mlp", small=False)
   config.model.hidden_sizes = (64,)
   config.model.num_classes = 1             # one output: the predicted value
   config.data.source = "diabetes"

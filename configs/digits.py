@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mnist
+from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, small = mnist.parse_arg(arg)
-  config = mnist.base_config(variant, small=False)
+  variant, small = base.parse_arg(arg)
+  config = base.base_config(variant, small=False)
   config.data.source = "digits"
   config.data.name = "digits"
   config.data.download = False

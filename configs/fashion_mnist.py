@@ -15,14 +15,14 @@ import os
 
 import ml_collections
 
-from configs import mnist
+from configs import base
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, small = mnist.parse_arg(arg)
-  config = mnist.base_config(variant, small)
+  variant, small = base.parse_arg(arg)
+  config = base.base_config(variant, small)
   config.data.name = "fashion_mnist"
   if os.path.isdir(DEBIAN_FASHION_MNIST):
     config.data.source = "idx"

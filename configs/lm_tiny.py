@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mnist
+from configs import base
 
 FORTUNES = "/usr/share/games/fortunes"
 
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown variant "{arg}": use nothing, "small", "tiny_shakespeare" or '
                      '"lm1b" (TFDS text datasets; any other: --config.data.source=tfds_text '
                      "--config.data.name=NAME), comma-separated.")
-  config = mnist.base_config("mlp", small=False)
+  config = base.base_config("mlp", small=False)
   config.model = dict(name="gpt", vocab_size=256, context_length=128, hidden_size=128,
                       depth=4, num_heads=4, mlp_ratio=4.0, dropout_rate=0.0,
                       positions="learned", norm="layer", tie_embeddings=True, remat=False)

@@ -124,6 +124,7 @@ def _config(**augment_options):
   return config
 
 
+@pytest.mark.slow
 def test_evaluation_is_never_augmented_and_training_is(tmp_path):
   plain = Programs(_config())
   augmented = Programs(_config(**ALL_ON))
@@ -136,6 +137,7 @@ def test_evaluation_is_never_augmented_and_training_is(tmp_path):
   assert float(m_plain["loss"]) != float(m_aug["loss"])
 
 
+@pytest.mark.slow
 def test_augmented_run_resumes_exactly_and_still_learns(tmp_path):
   options = dict(crop_padding=1, rotate_degrees=10.0, cutout_size=2)
   straight = train.run(_config(**options), str(tmp_path / "straight"))

@@ -26,6 +26,7 @@ def _reference(x, k, strides, padding):
                                   precision=lax.Precision.HIGHEST)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES)
 def test_im2col_conv_equals_lax_conv_values_and_gradients(x_shape, k_shape, strides, padding):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -44,6 +45,7 @@ def test_im2col_conv_equals_lax_conv_values_and_gradients(x_shape, k_shape, stri
   assert np.abs(dk_ref).max() > 1  # not trivially zero
 
 
+@pytest.mark.slow
 def test_im2col_second_derivatives_equal_lax_conv():
   """Reverse-over-reverse goes through the hand-written backward pass; it must still be
   the convolution's maths (e.g. for gradient penalties or Hessian-vector products)."""
@@ -63,6 +65,7 @@ def test_patches_are_the_kernel_windows():
   np.testing.assert_array_equal(cols[1, 1, 1], x[1, 1:3, 2:5, :].reshape(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["im2col", "xla"])
 def test_conv_module_matches_flax_conv(impl):
   """Same parameter tree and initial values as nn.Conv (checkpoints move between them), and

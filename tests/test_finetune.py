@@ -70,6 +70,7 @@ def test_plan_statuses_against_a_literal_expectation():
       "extra/bias": "re-initialised", "head/kernel": "re-initialised"}
 
 
+@pytest.mark.slow
 def test_init_from_loads_params_and_reinitialises_a_skipped_head(pretrained, tmp_path):
   config = _config(**{"init_from.path": str(pretrained), "init_from.skip": "^head/"})
   setup = Programs(config)
@@ -173,6 +174,7 @@ class SignalAt(hooks.Hook):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_a_run_stopped_any_way_resumes_to_the_same_params(how, tmp_path):
   epochs = ["--config.train.num_epochs=12", "--config.checkpoint.every_steps=15",
@@ -205,6 +207,7 @@ def test_a_run_stopped_any_way_resumes_to_the_same_params(how, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])  # bit-identical
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
   config = _config()
   train.run(config, str(tmp_path))
@@ -225,6 +228,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
   assert results["steps"] == latest  # and it trained that epoch again
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_last_complete_checkpoint_in_use(tmp_path):
   import shutil
   config = _config(**{"train.num_epochs": 2})
@@ -241,6 +245,7 @@ def test_a_save_killed_midway_leaves_the_last_complete_checkpoint_in_use(tmp_pat
   assert 120 in checkpoint.list_steps(str(tmp_path))  # saved again, whole this time
 
 
+@pytest.mark.slow
 def test_precedence_workdir_checkpoint_then_resume_from_then_init_from(pretrained, tmp_path):
   config = _config(**{"checkpoint.resume_from": str(pretrained),
                       "init_from.path": str(pretrained), "train.num_epochs": 4})
@@ -259,6 +264,7 @@ def test_every_steps_saves_between_epoch_ends(tmp_path):
 # ------------------------------------------------------------------ LoRA
 
 
+@pytest.mark.slow
 def test_lora_parameter_count_and_merged_equals_unmerged():
   from bigjax.finetuning import lora
   from bigjax.models import MLP
@@ -302,6 +308,7 @@ def test_lora_on_a_conv_kernel_is_a_low_rank_conv_then_a_1x1_conv():
                              rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_path):
   from bigjax.finetuning import lora
   from bigjax.inference import evaluate as inference
@@ -332,6 +339,7 @@ def test_lora_training_keeps_the_base_and_exports_merged_params(pretrained, tmp_
 # ------------------------------------------------------------------ pre-training
 
 
+@pytest.mark.slow
 def test_autoencoder_pretraining_then_fine_tuning_loads_the_encoder(fashion_mnist_dir, tmp_path):
   from configs import fashion_mnist_fewlabels, fashion_mnist_pretrain
   pre = fashion_mnist_pretrain.get_config("small")
@@ -387,6 +395,7 @@ def test_throttled_epoch_saves_still_keep_the_first_last_and_best(tmp_path):
   assert evaluated["validation"]["accuracy"] == validation[80] != validation[240]
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_can_stay_frozen(pretrained, tmp_path):
   def run(workdir, freeze):
     config = _config(**{"model.norm": "batch", "train.num_epochs": 1,

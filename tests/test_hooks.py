@@ -111,6 +111,7 @@ def test_bad_hooks_fail_before_training_with_one_clear_line(tmp_path):
     train.run(_config(), str(tmp_path / "c"), hooks=[object()])
 
 
+@pytest.mark.slow
 def test_training_metrics_are_logged_by_time_as_well_as_by_steps(tmp_path):
   every_step = _config(**{"train.log_every_steps": 1000, "train.log_every_seconds": 1e-9,
                           "train.steps_per_call": 1})
@@ -124,6 +125,7 @@ def test_training_metrics_are_logged_by_time_as_well_as_by_steps(tmp_path):
   assert len([r for r in rows if r["split"] == "train"]) == 2  # each epoch's end only
 
 
+@pytest.mark.slow
 def test_the_best_checkpoints_direction_is_set_by_the_config(tmp_path):
   """validation/loss is kept at its minimum by default ("auto"); best_mode="max" keeps the
   largest instead (e.g. a metric whose name does not say)."""
@@ -142,6 +144,7 @@ def test_the_best_checkpoints_direction_is_set_by_the_config(tmp_path):
   assert bests["auto"] < bests["max"]
 
 
+@pytest.mark.slow
 def test_weights_and_biases_offline_gets_the_config_metrics_and_results(tmp_path, monkeypatch):
   pytest.importorskip("wandb")
   monkeypatch.setenv("WANDB_MODE", "offline")

@@ -29,6 +29,7 @@ def _model(**overrides):
   return model, init_variables(model, jax.random.PRNGKey(0), tokens)["params"], tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_the_loss_at_t_has_no_gradient_from_tokens_after_t(positions):
   model, params, tokens = _model(positions=positions)
@@ -59,6 +60,7 @@ def nn_apply_with_embedding(model, params, tokens, embed):
     return model.apply({"params": params}, tokens)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_kv_cache_decoding_gives_the_full_forward_pass_logits(positions):
   model, params, tokens = _model(positions=positions)
@@ -119,6 +121,7 @@ def test_lora_on_attention_and_mlp_kernels_merged_equals_unmerged():
                              rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sampling_at_temperature_0_is_deterministic_and_filters_work():
   model, params, tokens = _model()
   a = generate(model, params, tokens[:, :5], 10, jax.random.PRNGKey(0), temperature=0.0)
@@ -158,6 +161,7 @@ def test_text_source_splits_by_position_into_windows(tmp_path):
   assert "liquor jugs" in text.decode(raw.test_images[-1])  # the end of the corpus
 
 
+@pytest.mark.slow
 def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
   from bigjax.inference import sample
   config = lm_tiny.get_config("small")
@@ -186,6 +190,7 @@ def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
   assert texts[0] in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = lm_tiny.get_config("small,tiny_shakespeare")
@@ -256,6 +261,7 @@ def test_lm_configs_build_models_of_the_stated_size(name, expected):
   assert config.data.seq_len <= config.model.context_length
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, tie_embeddings", [("rms", False), ("layer", True)])
 def test_remat_recomputes_the_same_loss_and_gradients(norm, tie_embeddings):
   """remat trades memory for recompute only: on and off agree, for RMSNorm with an untied

@@ -33,6 +33,7 @@ def test_init_is_a_pure_function_of_the_seed():
   assert not np.allclose(a["params"]["conv_0"]["kernel"], c["params"]["conv_0"]["kernel"])
 
 
+@pytest.mark.slow
 def test_init_compiled_for_speed_draws_the_same_bits_for_every_initialiser():
   """init_variables compiles at a lower LLVM optimisation level on CPUs (3x faster for a
   ResNet); the draws must equal those of the default compile, for every initialiser and
@@ -62,6 +63,7 @@ def test_init_compiled_for_speed_draws_the_same_bits_for_every_initialiser():
     jax.tree.map(np.testing.assert_array_equal, fast, default)
 
 
+@pytest.mark.slow
 def test_models_output_logits_per_class():
   for variant in ("mlp", "mlp3", "cnn"):
     model = build_model(mnist.get_config(variant).model)
@@ -80,6 +82,7 @@ def test_dropout_only_in_training():
   assert not np.allclose(eval_a, train_a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [2, 3])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape", [(3, 26, 26, 8), (2, 11, 11, 4), (2, 7, 9, 3)])
@@ -179,6 +182,7 @@ def test_unknown_initializer_lists_known_and_suggests():
     init_variables(build_model(config.model), jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_config", [
     dict(name="mlp", hidden_sizes=(32,)),
     dict(name="cnn", conv_features=(8, 16), dense_sizes=(16,)),
@@ -244,6 +248,7 @@ def test_cnn_stack_described_per_layer():
                    jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.slow
 def test_flat_dropout_equals_flax_dropout_bit_for_bit():
   """bigjax's Dropout draws its mask flat (faster to compile on CPUs): the same masks as
   nn.Dropout for the same keys, nothing dropped when deterministic or at rate 0."""
@@ -277,6 +282,7 @@ def _loss_and_grads(model, variables, x, rng):
   return jax.value_and_grad(loss)(variables["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_config, shape", [
     (dict(name="cnn", conv_features=(4, 8), dense_sizes=(16,), norm="batch",
           dropout_rate=0.3, num_classes=3), (4, 12, 12, 1)),
@@ -302,6 +308,7 @@ def test_stock_layers_off_the_cpu_compute_what_the_hand_written_kernels_do(
                stock[1], cpu[1])
 
 
+@pytest.mark.slow
 def test_layer_norm_epsilon_and_gelu_form_are_model_fields():
   """GPT-2 uses LayerNorm epsilon 1e-5 and timm's ViT the exact (erf) GELU: each changes
   the outputs, and the exact GELU is erf's."""

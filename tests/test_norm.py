@@ -28,6 +28,7 @@ def _pair(shape, kind="batch", **kwargs):
   return ref, ours, variables, x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_batch_norm_forward_statistics_and_gradients_equal_flax(shape):
   ref, ours, variables, x = _pair(shape, momentum=0.9, epsilon=1e-5)
@@ -49,6 +50,7 @@ def test_batch_norm_forward_statistics_and_gradients_equal_flax(shape):
   assert np.abs(grads_ref[1]).max() > 0.01  # not trivially zero
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(4, 7, 16), (8, 5), (2, 3, 4, 6)])
 def test_layer_norm_forward_and_gradients_equal_flax(shape):
   ref, ours, variables, x = _pair(shape, "layer")
@@ -64,6 +66,7 @@ def test_layer_norm_forward_and_gradients_equal_flax(shape):
   assert np.abs(grads_ref[1]).max() > 0.01
 
 
+@pytest.mark.slow
 def test_gradient_through_the_batch_statistics_equals_flax():
   """A loss that reads the updated running statistics: their cotangents reach x too."""
   ref, ours, variables, x = _pair((8, 4, 4, 3), momentum=0.5)
@@ -85,6 +88,7 @@ def test_evaluation_uses_the_running_statistics_like_flax():
                                 ref.apply(variables, x, use_running_average=True))
 
 
+@pytest.mark.slow
 def test_second_derivatives_equal_flax():
   """Reverse-over-reverse differentiates the hand-written backward pass itself."""
   ref, ours, variables, x = _pair((6, 5))
@@ -97,6 +101,7 @@ def test_second_derivatives_equal_flax():
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_half_precision_inputs_keep_float32_statistics_like_flax():
   ref, ours, variables, x = _pair((8, 3, 3, 4))
   x = x.astype(jnp.bfloat16)

@@ -329,6 +329,7 @@ def test_accumulating_k_micro_batches_equals_one_big_batch():
       assert float(small_metrics[key]) == pytest.approx(float(big_metrics[key]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_padding_and_weights_in_the_train_step():
   model, params, batch = _mlp()
   padded = dict(batch, mask=jnp.array([1.0] * 12 + [0.0] * 4))

@@ -59,6 +59,7 @@ class _PageParser(html.parser.HTMLParser):
       self._in_heading = False
 
 
+@pytest.mark.slow
 def test_a_run_writes_pictures_report_csv_and_tensorboard(finished_run):
   from PIL import Image
   config, workdir, results = finished_run
@@ -141,6 +142,7 @@ def test_report_names_library_versions_without_importing_them():
   assert out.strip() == ("['jaxlib backend', 'numpy', 'orbax', 'tensorflow_datasets'] False")
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_headless_browser(finished_run):
   browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
                   if shutil.which(b)), None)
@@ -153,6 +155,7 @@ def test_report_renders_in_a_headless_browser(finished_run):
   assert "Per class (test)" in dom and dom.count("<img") == 4
 
 
+@pytest.mark.slow
 def test_eval_mode_reproduces_every_final_metric(finished_run):
   config, workdir, results = finished_run
   evaluated = inference.evaluate(config, workdir, "validation,test")
@@ -172,6 +175,7 @@ def test_eval_mode_reproduces_every_final_metric(finished_run):
   assert at_best["step"] == best["step"] and at_best["validation"]["accuracy"] == best["value"]
 
 
+@pytest.mark.slow
 def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
   from PIL import Image
   config, workdir, results = finished_run
@@ -201,6 +205,7 @@ def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
     assert from_files[i]["predicted"] == rows[i]["predicted"]
 
 
+@pytest.mark.slow
 def test_eval_and_predict_through_run_py_with_the_best_step_and_a_split(finished_run):
   import subprocess
   import sys
@@ -225,6 +230,7 @@ def test_eval_and_predict_through_run_py_with_the_best_step_and_a_split(finished
   assert accuracy == pytest.approx(results["metrics"]["validation"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_predict_on_an_unreadable_image(finished_run, tmp_path):
   config, workdir, _ = finished_run
   bad = tmp_path / "notes.png"
@@ -235,12 +241,14 @@ def test_predict_on_an_unreadable_image(finished_run, tmp_path):
     inference.predict(config, workdir, files=[str(tmp_path / "missing.png")])
 
 
+@pytest.mark.slow
 def test_eval_of_a_step_that_does_not_exist(finished_run):
   config, workdir, _ = finished_run
   with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7; it has steps \["):
     inference.evaluate(config, workdir, step=7)
 
 
+@pytest.mark.slow
 def test_stop_when_a_target_is_reached_and_stay_stopped(tmp_path):
   config = _config(**{"train.num_epochs": 10, "train.stop_when": "validation/accuracy>=0.5"})
   results = train.run(config, str(tmp_path))
@@ -300,6 +308,7 @@ def test_evaluation_that_keeps_the_outputs_gives_the_same_metrics_and_outputs():
   assert (outputs.argmax(-1) == np.asarray(labels)).mean() == pytest.approx(values["accuracy"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_epoch, passes", [("validation", 1), ("validation,test", 2)])
 def test_pictures_use_the_final_evaluations_outputs(every_epoch, passes, tmp_path, monkeypatch):
   """The test split's final evaluation keeps the model's outputs for the pictures; only a
@@ -333,6 +342,7 @@ def test_bad_metric_and_split_names_fail_before_training(tmp_path):
     train.run(_config(**{"checkpoint.best_metric": "validation/acc"}), str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_a_regression_config_end_to_end(tmp_path):
   from configs import diabetes
   config = diabetes.get_config()

@@ -27,6 +27,7 @@ def eight_devices(tmp_path_factory):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_sharded_and_pmap_training_equal_single_device_training(eight_devices):
   r = eight_devices
   assert r["devices"] == 8 and r["jit8_batch_devices"] == 8
@@ -38,11 +39,13 @@ def test_sharded_and_pmap_training_equal_single_device_training(eight_devices):
   assert r["pmap8_test_loss"] == pytest.approx(r["jit8_test_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_under_pmap_equals_it_on_one_device(eight_devices):
   r = eight_devices
   assert r["accum_pmap8_vs_one"] < 1e-5  # each device: 2 micro-batches of its 4 examples
 
 
+@pytest.mark.slow
 def test_fsdp_really_shards_and_equals_replicated(eight_devices):
   r = eight_devices
   specs = r["fsdp_specs"]  # mesh data=2 x fsdp=4, arrays of >= 1000 elements split
@@ -52,11 +55,13 @@ def test_fsdp_really_shards_and_equals_replicated(eight_devices):
   assert r["fsdp_vs_one"] < 1e-5
 
 
+@pytest.mark.slow
 def test_a_language_model_trains_fsdp_sharded_as_on_one_device(eight_devices):
   assert eight_devices["lm_fsdp_split"] >= 4  # embedding and block kernels are split
   assert eight_devices["lm_fsdp_vs_one"] < 1e-5
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_device_counts(eight_devices):
   assert eight_devices["resume_8to1"] == [20, 40]
   assert eight_devices["resume_1to8"] == [20, 40]
@@ -65,6 +70,7 @@ def test_checkpoints_move_between_device_counts(eight_devices):
   assert eight_devices["resume_1to8_vs_straight"] < 1e-6
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(eight_devices):
   r = eight_devices
   assert r["bf16_param_dtypes"] == ["float32"]
@@ -120,6 +126,7 @@ def test_precision_names():
     precision.resolve({"compute_dtype": "bf16"})
 
 
+@pytest.mark.slow
 def test_colab_notebook_cells_run_on_the_cpu(tmp_path):
   notebook = json.load(open(os.path.join(REPO_ROOT, "notebooks", "colab_tpu.ipynb")))
   cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
@@ -163,6 +170,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["device", "host"])
 def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   """JAX's multi-host runtime on one machine: 2 processes x 4 CPU devices, each reading its

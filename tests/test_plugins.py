@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
@@ -24,6 +26,7 @@ def _readme_python_blocks():
   return {**docs, **readme}
 
 
+@pytest.mark.slow
 def test_readme_plugin_example_trains_through_run_py(tmp_path):
   blocks = _readme_python_blocks()
   assert set(blocks) >= {"myproject/parts.py", "myproject/config.py"}
@@ -59,6 +62,7 @@ def test_squared_hinge_from_readme_matches_hand_computation(tmp_path):
   assert float(parts.squared_hinge(logits, {"label": jnp.array([0])})[0]) == 0.25
 
 
+@pytest.mark.slow
 def test_readme_registered_focal_loss_trains_and_reduces_to_cross_entropy(tmp_path):
   import importlib.util
   import jax.numpy as jnp

@@ -33,6 +33,7 @@ def test_published_parameter_counts(name, params):
   assert count_params(variables["params"]) == params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,params,depth", [
     # torchvision's resnet50/101/152 (1000 classes): the same counts, layer for layer.
     ("resnet50", 25_557_032, 50), ("resnet101", 44_549_160, 101),
@@ -47,6 +48,7 @@ def test_bottleneck_resnets_have_torchvisions_parameter_counts(name, params, dep
   assert report["layers"][-1]["output_shape"] == [1000]
 
 
+@pytest.mark.slow
 def test_a_bottleneck_resnet_trains_a_step_on_small_images():
   model = build_model(dict(name="resnet", block="bottleneck", stage_sizes=(1, 1),
                            stage_features=(4, 8), num_classes=3))
@@ -69,6 +71,7 @@ def test_depth_of_resnet20_is_20_with_either_shortcut():
     assert report["non_trainable_params"] == count_params(variables["batch_stats"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(8, 28, 28, 1), (8, 32, 32, 3)])
 def test_batch_norm_statistics_update_in_training_and_stay_fixed_in_eval(shape):
   model, variables = _init("resnet20", shape=(1,) + shape[1:])
@@ -94,17 +97,22 @@ def test_batch_norm_statistics_update_in_training_and_stay_fixed_in_eval(shape):
   assert jax.tree.structure(new_state.model_state) == jax.tree.structure(state.model_state)
 
 
+@pytest.mark.slow
 def test_resnet_config_trains_checkpoints_statistics_and_evaluates_the_same(
     fashion_mnist_dir, tmp_path):
   from conftest import REPO_ROOT
   run = lambda *args: subprocess.run([sys.executable, "run.py", *args], cwd=REPO_ROOT,
                                      capture_output=True, text=True, timeout=600)
+  # 3 epochs of 1,600 images (36 steps): enough to learn, and for the BatchNorm running
+  # statistics (momentum 0.9) to settle, so the evaluation shows it.
   proc = run("--config=configs/fashion_mnist_resnet.py:resnet20,small", f"--workdir={tmp_path}",
-             "--config.data.max_train_examples=1000", "--config.data.max_test_examples=500")
+             "--config.train.num_epochs=3", "--config.data.max_test_examples=500")
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["num_params"] == 269_722 - 2 * 3 * 3 * 16  # a 1-channel stem: 2 fewer input channels
-  assert np.isfinite(results["test_loss"]) and results["test_accuracy"] > 0.1
+  # It learned: well below chance's loss (ln 10 = 2.30) and above chance's accuracy (measured
+  # 1.02 and 0.618).
+  assert results["test_loss"] < 1.6 and results["test_accuracy"] > 0.45, results
   # Eval mode restores params *and* BatchNorm statistics: the same test metrics exactly.
   proc = run("--mode=eval", f"--workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]

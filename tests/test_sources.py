@@ -186,6 +186,7 @@ def test_prefetch_yields_every_batch_in_order_and_reraises_errors():
   assert not endless._thread.is_alive()
 
 
+@pytest.mark.slow
 def test_host_placement_trains_exactly_as_device_placement(tmp_path):
   def config(placement):
     c = digits.get_config()
@@ -222,6 +223,7 @@ def test_tfds_host_placement_streams_from_the_data_source(tmp_path):
   np.testing.assert_array_equal(lazy.validation.labels, eager.validation.labels)
 
 
+@pytest.mark.slow
 def test_cats_vs_dogs_config_trains_on_a_folder_of_photos_of_mixed_sizes(tmp_path):
   from configs import cats_vs_dogs
   rng = np.random.default_rng(0)

@@ -25,6 +25,7 @@ def _setup(variant="mlp", batch=16, seed=0):
   return model, tx, loss_fn, state, {"image": x, "label": y}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mlp", "cnn"])
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch(variant):
   model, tx, loss_fn, state, batch = _setup(variant)
@@ -54,6 +55,7 @@ def test_eval_step_is_traced_once_over_many_batches():
     eval_fn(state, {**batch, "mask": jnp.ones(16) * (i > 0)})
 
 
+@pytest.mark.slow
 def test_jit_and_no_jit_agree():
   model, tx, loss_fn, state, batch = _setup("cnn")
   train_step = make_train_step(model, loss_fn, tx)
@@ -101,6 +103,7 @@ def test_loss_with_wrong_shape_fails_at_trace_with_expected_shape():
     jax.jit(make_train_step(model, bad_loss, tx))(state, batch)
 
 
+@pytest.mark.slow
 def test_scan_of_k_steps_equals_k_separate_steps():
   from bigjax.core.steps import gather_batch, scan_steps
   model, tx, loss_fn, state, batch = _setup("mlp", batch=64)

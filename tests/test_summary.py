@@ -70,6 +70,7 @@ def test_non_trainable_state_is_reported_apart():
   assert report["trainable_params"] == 16 * 8 + 8 + 16 + 8 * 3 + 3
 
 
+@pytest.mark.slow
 def test_run_py_summary_writes_files_without_training(tmp_path):
   proc = subprocess.run([sys.executable, "run.py", "--config=configs/digits.py:cnn",
                          "--mode=summary", f"--workdir={tmp_path}"], cwd=REPO_ROOT,
@@ -82,6 +83,7 @@ def test_run_py_summary_writes_files_without_training(tmp_path):
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_side_by_side_comparison_command(tmp_path):
   out = tmp_path / "compare.md"
   proc = subprocess.run([sys.executable, "-m", "bigjax.outputs.summary", "configs/digits.py",

@@ -74,12 +74,14 @@ def test_run_py_trains_fashion_mnist_slice_and_writes_every_output(fashion_mnist
   assert evaluated["validation"]["loss"] == results["validation_loss"]
 
 
+@pytest.mark.slow
 def test_digits_run_reaches_stated_accuracy(tmp_path):
   results = train.run(digits.get_config(), str(tmp_path))
   assert results["test_accuracy"] >= 0.93, results  # configs/digits.py states ~0.96
   assert results["test_accuracy"] < 1.0
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   straight = train.run(_digits_config(), str(tmp_path / "straight"))
   # Stop after 1 epoch, then run again on the same workdir with the full length.
@@ -95,6 +97,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed["test_loss"] == straight["test_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mlp", "cnn"])
 def test_nothing_compiles_after_the_first_epoch(variant, tmp_path):
   """Train step, evaluation and checkpointing all compile in epoch 1; epochs 2-4 only run
@@ -174,6 +177,7 @@ def test_chunks_cover_the_epoch_and_never_cross_a_log_or_save_step():
   np.testing.assert_array_equal(rows, order[start * programs.batch_size:])
 
 
+@pytest.mark.slow
 def test_second_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
   cache = tmp_path / "cache"
   args = ("--config=configs/digits.py", "--config.train.num_epochs=1",
@@ -221,6 +225,7 @@ def test_run_py_eval_of_an_empty_workdir_says_so_in_one_message(tmp_path):
   assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("--config.optimizer.learnng_rate=0.1",
      '--config.optimizer.learnng_rate: the config has no key "learnng_rate". '
@@ -247,6 +252,7 @@ def test_compilation_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_
   assert enable_persistent_cache("") is None
 
 
+@pytest.mark.slow
 def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
   workdir = tmp_path / "run"
   proc = _run_py("--config=configs/digits.py", f"--workdir={workdir}",
@@ -272,6 +278,7 @@ def test_schedule_accumulation_and_regularisation_through_run_py(tmp_path):
   assert "lr " in proc.stderr
 
 
+@pytest.mark.slow
 def test_steps_per_call_changes_speed_not_results(tmp_path):
   runs = {}
   for k in (1, 7):  # 7 divides neither the 40 steps of an epoch nor the logging interval
@@ -297,6 +304,7 @@ def test_steps_per_call_must_be_positive(tmp_path):
     train.run(_digits_config(steps_per_call=0), str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_module", ["cifar10_vit", "cifar10_resnet"])
 def test_cifar10_configs_train_on_tfds_mock_data(config_module, tmp_path):
   import importlib
@@ -309,6 +317,7 @@ def test_cifar10_configs_train_on_tfds_mock_data(config_module, tmp_path):
   assert results["steps"] == int(64 * 0.9) // 16 and np.isfinite(results["test_loss"])
 
 
+@pytest.mark.slow
 def test_tfds_path_end_to_end_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   config = mnist.get_config("cnn,small")
@@ -369,6 +378,7 @@ def test_missing_local_data_path(tmp_path):
     train.run(config, str(tmp_path / "w"))
 
 
+@pytest.mark.slow
 def test_resume_under_a_different_config_is_refused(tmp_path):
   train.run(_digits_config(num_epochs=1), str(tmp_path))
   config = _digits_config(num_epochs=1)
@@ -406,6 +416,7 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path):
     train.run(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_eval_with_a_config_that_does_not_fit_the_checkpoint(tmp_path):
   train.run(_digits_config(num_epochs=1), str(tmp_path))
   wider = _digits_config()

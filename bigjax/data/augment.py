@@ -107,8 +107,8 @@ DRAWS = ("angle", "zoom", "shift_y", "shift_x", "crop_y", "crop_x", "flip_lr", "
 def per_image_draws(key: jax.Array, num_images: int) -> dict[str, jax.Array]:
   """{name: [num_images] uniform [0, 1)} for every name in DRAWS, from one random draw.
   Cheap to compile: one threefry call, not one per transform and image (each compiles to
-  its own large kernel on CPUs), drawn flat because XLA:CPU compiled a [128, 10] draw 3-5x
-  slower than a [1280] one. Per-image keys made this augmenter take 0.9 s to compile."""
+  its own large kernel on CPUs), drawn flat because XLA:CPU compiles a multi-dimensional
+  draw several times slower than the same bits drawn as one vector (bench.kernel_census)."""
   u = jax.random.uniform(key, (num_images * len(DRAWS),)).reshape(num_images, len(DRAWS))
   return {name: u[:, i] for i, name in enumerate(DRAWS)}
 

@@ -1,7 +1,7 @@
 """2-D convolution with `flax.linen.Conv`'s parameters and a faster gradient on CPUs.
 
-XLA:CPU computes a convolution's kernel gradient as another convolution, and slowly: for
-the lessons' CNN (conv 32->64, 3x3, batch 64) it is 8 ms of a 19 ms train step. Written as
+XLA:CPU computes a convolution's kernel gradient as another convolution, and slowly (about
+0.4 of the lessons' CNN's train step when this was written; bench/README.md). Written as
 im2col, the same sums become one matrix product each way: the forward pass gathers the
 kh*kw shifted views of the input into columns (`patches`) and multiplies them by the
 kernel; the backward pass reuses those columns for the kernel gradient (`cols^T @ g`) and
@@ -9,12 +9,10 @@ leaves the input gradient to XLA's transposed convolution, which is fast. Same m
 summation order: equal to `lax.conv_general_dilated` to float rounding (tested).
 
 The columns are kept for the backward pass, kh*kw times the input's size, so `"auto"` uses
-im2col only where it was measured to pay: on CPUs, for unpadded ('VALID') convolutions.
-Fwd+bwd of one layer on this project's 2-core CPU, XLA vs im2col: the lessons' CNN layers
-(VALID) 4.9 vs 2.7 ms and 12.2 vs 7.4 ms; ResNet-20's padded ('SAME') 3x3 layers at batch
-128: 28x28x16 16.9 vs 51.9 ms, 14x14x32 17.9 vs 34.8 ms, 7x7x64 17.3 vs 12.7 ms (XLA:CPU
-handles padded convolutions far better than unpadded ones). GPUs and TPUs keep XLA's
-convolution (cuDNN, MXU).
+im2col only where it was measured to pay: on CPUs, for unpadded ('VALID') convolutions
+(faster there for the lessons' CNN layers; slower for ResNet-20's padded 3x3 layers, which
+XLA:CPU handles well; measured per layer, forward and backward, in git history of this
+file). GPUs and TPUs keep XLA's convolution (cuDNN, MXU).
 """
 
 from __future__ import annotations

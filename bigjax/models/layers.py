@@ -34,8 +34,8 @@ def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
   Same values and gradients as `flax.linen.max_pool(x, (w, w), (w, w), 'VALID')`, ties
   included (the gradient goes to the first maximum of each window, row-major), but as a
   reshape and a max-reduction with a hand-written gradient: on XLA:CPU, reduce_window's
-  gradient (select-and-scatter) is 14x slower, and a reduction's own gradient (which splits
-  ties) 3x slower, than `_first_max_gradient`.
+  gradient (select-and-scatter), and a reduction's own gradient (which splits ties), were
+  both measured several times slower than `_first_max_gradient`.
   """
   b, h, w, c = x_BxHxWxC.shape
   if h // window < 1 or w // window < 1:
@@ -106,8 +106,8 @@ class MaxPool(nn.Module):
 
 class Dropout(nn.Module):
   """`flax.linen.Dropout` (no broadcast dims): the same keys and masks, drawn flat. XLA:CPU
-  compiled a multi-dimensional threefry draw 3-5x slower than the same bits drawn as one
-  vector and reshaped."""
+  compiled a multi-dimensional threefry draw several times slower than the same bits drawn
+  as one vector and reshaped (bench.kernel_census)."""
   rate: float
   deterministic: bool | None = None
 

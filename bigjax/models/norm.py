@@ -9,10 +9,9 @@ means over the axes the statistics are taken over,
   dx = rsqrt(var + eps) * (g - mean(g) - xhat * mean(g * xhat)),
 
 two reductions and one elementwise pass, where differentiating through the statistics
-gives XLA several more ops per layer to fuse and compile (ResNet-20 train step on 2 CPU
-cores: 447 -> 390 fused kernels, about 0.25 s less to compile and 8% less time per step;
-the ViT's 8% less). Tests check the forward pass and all gradients against Flax's
-layers.
+gives XLA several more ops per layer to fuse and compile (ResNet-20's train step has 57
+fewer fused kernels; bench.kernel_census) and was slower per step on CPUs (bench/README.md).
+Tests check the forward pass and all gradients against Flax's layers.
 """
 
 from __future__ import annotations

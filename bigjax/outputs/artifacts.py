@@ -178,7 +178,7 @@ def write_report(workdir: str, config, results: dict, class_names, model_summary
 
 def _library_versions(environment: dict) -> dict[str, Any]:
   versions = dict(environment)
-  # From the installed packages' metadata: importing TFDS only to ask costs 0.2-0.6 s.
+  # From the installed packages' metadata: importing TFDS only to ask is slow.
   for key, distribution in (("orbax", "orbax-checkpoint"), ("numpy", "numpy"),
                             ("tensorflow_datasets", "tensorflow-datasets")):
     try:

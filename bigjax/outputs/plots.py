@@ -101,7 +101,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
   """Images titled "predicted (confidence) / true label"; mistakes framed in red.
 
   One axes in inch units holds every tile: a subplot per image, laid out by tight_layout,
-  cost about 1 s per grid, more than the rest of a small run's report.
+  cost more than the rest of a small run's report.
   """
   n = len(images)
   rows = max(1, -(-n // columns))
