@@ -409,3 +409,22 @@ def test_batch_norm_statistics_can_stay_frozen(pretrained, tmp_path):
   before, after = run(tmp_path / "moving", False)
   assert not np.allclose(before["batch_stats"]["norm_0"]["mean"],
                          after["batch_stats"]["norm_0"]["mean"])
+
+
+def test_lora_train_base_lets_the_named_base_params_train_too():
+  """lora.train_base="head/": the head trains with the adapters; the rest of the base stays."""
+  config = _config(**{"lora.rank": 4, "lora.train_base": "head/", "lora.targets": "dense_0"})
+  programs = Programs(config)
+  state = programs.initial_state
+  images, labels = programs.splits["train"]
+  chunk = next(programs.chunks(np.arange(len(labels)), 0, 1, 0, 1000, 0))
+  after, _ = programs.train(jax.tree.map(lambda x: x.copy(), state), chunk)
+  before_base, after_base = state.params["base"], after.params["base"]
+  np.testing.assert_array_equal(after_base["dense_0"]["kernel"], before_base["dense_0"]["kernel"])
+  assert not np.array_equal(after_base["head"]["kernel"], before_base["head"]["kernel"])
+  assert not np.array_equal(after.params["lora"]["dense_0"]["kernel"]["b"],
+                            state.params["lora"]["dense_0"]["kernel"]["b"])
+  assert set(finetune.flatten(state.params["lora"])) == {"dense_0/kernel/a",
+                                                         "dense_0/kernel/b"}
+  head = programs.initial_state.params["base"]["head"]
+  assert programs.num_trainable == 4 * (64 + 128) + head["kernel"].size + head["bias"].size

@@ -345,3 +345,17 @@ def test_padding_and_weights_in_the_train_step():
   d, _ = _train(model, params, repeated, 1, steps=1)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
                c.params, d.params)
+
+
+@pytest.mark.parametrize("mask, decayed", [("kernel", "kernel"), ("bias", "bias")])
+def test_weight_decay_mask_decays_only_the_matching_params(mask, decayed):
+  """With zero gradients, SGD's update is the decay alone: -lr * wd * w on matching paths."""
+  _, params, _ = _mlp()
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.5, "weight_decay": 0.1,
+                        "weight_decay_mask": mask})
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for layer in params:
+    for name, value in params[layer].items():
+      expected = -0.5 * 0.1 * value if name == decayed else jnp.zeros_like(value)
+      np.testing.assert_allclose(updates[layer][name], expected, rtol=1e-6, atol=1e-8)

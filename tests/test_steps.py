@@ -266,3 +266,22 @@ def test_a_regression_batch_may_call_its_values_target():
   assert metrics.finalize(evaluate(trained, as_target), ("loss", "mse"))["loss"] < before["loss"]
   with pytest.raises(KeyError, match='needs "label" .* or "target"'):
     step(state, {"image": x, "y": y})
+
+
+def test_float16_compute_trains_float32_params_like_float32():
+  model, params, batch = _tiny_mlp()
+  batch = dict(batch, image=batch["image"] * 4.0)
+  tx = build_optimizer({"name": "sgd", "learning_rate": LR})
+  loss_fn = LOSSES.get("softmax_cross_entropy")
+  state = create_train_state({"params": params}, tx, jax.random.PRNGKey(0))
+  results = {}
+  for dtype in (None, jnp.float16):
+    step = jax.jit(make_train_step(model, loss_fn, tx, compute_dtype=dtype))
+    results[dtype] = step(state, batch)
+  (full, full_metrics), (half, half_metrics) = results[None], results[jnp.float16]
+  assert {x.dtype for x in jax.tree.leaves(half.params)} == {jnp.dtype(jnp.float32)}
+  assert half_metrics["loss"].dtype == jnp.float32
+  assert float(half_metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=2e-3)
+  moved = _largest_difference(full.params, params)
+  # float16's rounding shows (so the step really computed in it), and is all that differs.
+  assert 0 < _largest_difference(half.params, full.params) < 0.02 * moved and moved > 1e-2
