@@ -17,7 +17,7 @@ model's initialisation (results.json's init_seconds, mostly compilation), and wh
 train step was ready, counted from the start of train.run (startup_seconds: data, init,
 optimizer state, config checks and the compile: what a user waits before the first
 step). The train step compiles in a thread alongside the model's init, so both take longer
-than either alone on 2 cores; ready is what the overlap shortens. That nothing compiles after the first epoch is a test (tests/test_train.py), not a
+than either alone on 2 cores; ready is what the overlap shortens. That nothing compiles after the first epoch is a test (tests/end_to_end/test_train.py), not a
 benchmark. Configs
 whose data is not offline (TFDS mnist, cifar10, cats_vs_dogs) run on TFDS mock data of the
 same shapes;

@@ -84,5 +84,5 @@ def _jitted_init(model: nn.Module):
 
 # Init runs once, and most of its compile time on CPUs is LLVM optimising the random-bit
 # generator (threefry) of every parameter draw: at level 1 a ResNet's init compiles several
-# times faster and draws the same bits (tests/test_models.py checks every initialiser).
+# times faster and draws the same bits (tests/models/test_models.py checks every initialiser).
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}

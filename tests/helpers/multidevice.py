@@ -1,4 +1,4 @@
-"""Run by tests/test_parallel.py in a fresh process with 8 fake CPU devices (the flag must
+"""Run by tests/sharding/test_parallel.py in a fresh process with 8 fake CPU devices (the flag must
 be set before JAX starts). Prints one JSON line of findings."""
 
 import json

@@ -1,5 +1,5 @@
 """One of two host processes (4 fake CPU devices each) training together through JAX's
-distributed runtime; run by tests/test_parallel.py. Process 0 prints its results."""
+distributed runtime; run by tests/sharding/test_parallel.py. Process 0 prints its results."""
 
 import json
 import os

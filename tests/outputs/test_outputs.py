@@ -135,10 +135,11 @@ def test_prediction_grid_frames_the_mistakes_and_only_them(tmp_path, shape):
 
 
 def test_report_names_library_versions_without_importing_them():
+  from conftest import REPO_ROOT
   code = ("import sys; from bigjax.outputs import artifacts; v = artifacts._library_versions({}); "
           "print(sorted(v), 'tensorflow_datasets' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+                       check=True, cwd=REPO_ROOT).stdout
   assert out.strip() == ("['jaxlib backend', 'numpy', 'orbax', 'tensorflow_datasets'] False")
 
 
