@@ -185,7 +185,8 @@ def load_digits(data_config: Mapping[str, Any]) -> RawData:
     from sklearn.datasets import load_digits as sk_load_digits
   except ImportError as e:
     raise ConfigError("config.data.source='digits' needs scikit-learn: "
-                      "pip install 'bigjax[sklearn]'.") from e
+                      "pip install scikit-learn (or pip install -e '.[sklearn]' in bigjax's "
+                      "folder).") from e
   digits = sk_load_digits()
   images = digits.images.astype(np.uint8)[..., None]  # values 0..16
   labels = digits.target.astype(np.int32)
@@ -203,7 +204,8 @@ def load_diabetes(data_config: Mapping[str, Any]) -> RawData:
     from sklearn.datasets import load_diabetes as sk_load_diabetes
   except ImportError as e:
     raise ConfigError("config.data.source='diabetes' needs scikit-learn: "
-                      "pip install 'bigjax[sklearn]'.") from e
+                      "pip install scikit-learn (or pip install -e '.[sklearn]' in bigjax's "
+                      "folder).") from e
   diabetes = sk_load_diabetes()
   features = diabetes.data.astype(np.float32)[:, None, None, :]
   targets = diabetes.target.astype(np.float32)

@@ -44,7 +44,7 @@ def _not_prepared_message(name: str, data_dir: str | None, why: str,
   where = data_dir or "~/tensorflow_datasets"
   return (
       f'TFDS dataset "{name}" is not prepared in {where} and {why}. Either:\n'
-      f"  * prepare it where there is network (pip install 'bigjax[tf]'; python -c "
+      f"  * prepare it where there is network (pip install -e '.[tf]' in bigjax's folder; python -c "
       f"\"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare("
       f"file_format='array_record')\") and point --config.data.data_dir at that folder; or\n"
       + local)
@@ -78,7 +78,7 @@ def _read_with_tensorflow(builder, split: str, size=None, image_key: str = "imag
   except ImportError as e:
     raise DatasetUnavailableError(
         f'TFDS dataset "{builder.name}" is prepared in a format that needs TensorFlow to read '
-        "(tfrecord). pip install 'bigjax[tf]', or re-prepare it with "
+        "(tfrecord). pip install -e '.[tf]' in bigjax's folder, or re-prepare it with "
         "download_and_prepare(file_format='array_record').") from e
   import tensorflow as tf
   import tensorflow_datasets as tfds
@@ -133,7 +133,8 @@ def _prepared_examples(builder, name: str, split: str, data_dir: str | None,
     _disable_tf_gpu()
   except ImportError as e:
     raise DatasetUnavailableError(
-        f'Preparing TFDS dataset "{name}" needs TensorFlow: pip install "bigjax[tf]".') from e
+        f'Preparing TFDS dataset "{name}" needs TensorFlow: pip install -e ".[tf]" in '
+        "bigjax's folder.") from e
   builder.download_and_prepare(file_format="array_record")
   return _read_with_data_source(builder, split)
 
