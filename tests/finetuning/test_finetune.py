@@ -99,6 +99,35 @@ def test_strict_loading_names_every_mismatched_path(pretrained):
   assert "dense_0/bias" in message and "config.init_from.skip" in message
 
 
+def test_non_strict_loading_takes_what_fits_and_best_picks_the_best_checkpoint(pretrained):
+  """strict=False: a deeper model (784-128-64-10 from 784-128-10) loads dense_0 and
+  re-initialises the new layer and the reshaped head kernel; step=best reads
+  checkpoints_best."""
+  config = _config(**{"init_from.path": str(pretrained), "model.hidden_sizes": (128, 64),
+                      "init_from.strict": False, "init_from.step": "best"})
+  programs = Programs(config)
+  source = finetune.read(str(pretrained), "best")
+  best_step = checkpoint.make_manager(str(pretrained), create=False,
+                                      kind=checkpoint.BEST).latest_step()
+  assert source.step == best_step and source.directory.endswith("checkpoints_best")
+  state, text = finetune.load(programs.initial_state, source, config.init_from)
+  fresh = programs.initial_state.params
+  np.testing.assert_array_equal(state.params["dense_0"]["kernel"],
+                                source.params["dense_0/kernel"])
+  assert not np.array_equal(state.params["dense_0"]["kernel"], fresh["dense_0"]["kernel"])
+  # Path by path: the new layer and the reshaped head kernel as initialised; the head's
+  # bias (10 classes either way) fits, so it loads.
+  jax.tree.map(np.testing.assert_array_equal, state.params["dense_1"], fresh["dense_1"])
+  np.testing.assert_array_equal(state.params["head"]["kernel"], fresh["head"]["kernel"])
+  np.testing.assert_array_equal(state.params["head"]["bias"], source.params["head/bias"])
+  rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[1:-1]}
+  assert rows == {"dense_0/bias": "loaded", "dense_0/kernel": "loaded", "dense_1/bias": "missing",
+                  "dense_1/kernel": "missing", "head/bias": "loaded",
+                  "head/kernel": "shape-mismatched"}
+  with pytest.raises(ConfigError, match="shape-mismatched"):  # strict (the default) refuses
+    finetune.load(programs.initial_state, source, dict(config.init_from, strict=True))
+
+
 def test_init_from_another_model_family_or_nothing(pretrained, tmp_path):
   config = _config(**{"init_from.path": str(pretrained)})
   with config.unlocked():

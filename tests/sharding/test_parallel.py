@@ -196,3 +196,15 @@ def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   # not reproduce the evaluation's accuracy).
   assert result["pictured_accuracy"] == result["test_accuracy"]
   assert (tmp_path / "run" / "predictions_test.png").exists()
+
+
+def test_fsdp_regex_splits_matching_params_whatever_their_size():
+  from jax.sharding import PartitionSpec as P
+  huge = 2 ** 40  # fsdp_min_size no array reaches: only the regex decides
+  spec = lambda path, shape, regex: parallel.leaf_spec(path, shape, 4, huge, regex)
+  assert spec("['dense_0']['kernel']", (64, 128), "kernel") == P(None, "fsdp")  # largest dim
+  assert spec("['head']['kernel']", (128, 10), "kernel") == P("fsdp", None)  # 10 % 4 != 0
+  assert spec("['dense_0']['bias']", (128,), "kernel") == P()  # not matched
+  assert spec("['dense_0']['kernel']", (64, 128), "") == P()  # no regex: size only
+  assert spec("['dense_0']['kernel']", (6, 10), "kernel") == P()  # no dimension divides by 4
+  assert parallel.leaf_spec("['dense_0']['bias']", (128,), 1, 0, ".") == P()  # fsdp=1: replicated
