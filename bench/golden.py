@@ -39,13 +39,9 @@ def _params_hash(workdir: str) -> tuple[int, str]:
 
 
 def _override(config, **values):
+  """`train__num_steps=40` sets config.train.num_steps (keyword arguments cannot hold dots)."""
   with config.unlocked():
-    for dotted, value in values.items():
-      *parents, leaf = dotted.split("__")
-      node = config
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in values.items()})
   return config
 
 

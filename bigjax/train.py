@@ -139,11 +139,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       manager, checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST) if best_key else None,
       config.checkpoint.every_steps, config.checkpoint.min_interval_seconds, best_key,
       config.checkpoint.best_mode)
-  run_ = Run(config, workdir, programs, loop, [], MetricsLog(
-      os.path.join(workdir, "metrics.jsonl") if _is_writer() else None), checkpoints)
   watch = hooks_lib.WatchCompiles()
-  run_.hooks = [*default_hooks(config, workdir, epoch_splits, checkpoints), watch,
-                *user_hooks]
+  all_hooks = [*default_hooks(config, workdir, epoch_splits, checkpoints), watch, *user_hooks]
+  run_ = Run(config, workdir, programs, loop, all_hooks, MetricsLog(
+      os.path.join(workdir, "metrics.jsonl") if _is_writer() else None), checkpoints)
 
   try:
     startup_seconds = _compile_first_step(run_, state, t_start)

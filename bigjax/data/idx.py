@@ -20,17 +20,30 @@ class IdxFormatError(ValueError):
   pass
 
 
-def read_idx(path: str) -> np.ndarray:
-  """The array stored in one IDX file."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+def _header(data: bytes, path: str) -> tuple[np.dtype, tuple, int]:
+  """(dtype, shape, offset of the values) from an IDX file's first bytes."""
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
     raise IdxFormatError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-  dtype = np.dtype(_IDX_DTYPES[data[2]])
-  offset = 4 + 4 * ndim
+  return np.dtype(_IDX_DTYPES[data[2]]), shape, 4 + 4 * ndim
+
+
+def _open(path: str):
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def read_idx_shape(path: str) -> tuple:
+  """The shape of the array in one IDX file, from its header alone."""
+  with _open(path) as f:
+    return _header(f.read(4 + 4 * 255), path)[1]
+
+
+def read_idx(path: str) -> np.ndarray:
+  """The array stored in one IDX file."""
+  with _open(path) as f:
+    data = f.read()
+  dtype, shape, offset = _header(data, path)
   expected = offset + int(np.prod(shape)) * dtype.itemsize
   if len(data) != expected:
     raise IdxFormatError(

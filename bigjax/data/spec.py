@@ -4,7 +4,6 @@ runs offline on a dataset that is not there)."""
 
 from __future__ import annotations
 
-import gzip
 import os
 from typing import Any, Mapping
 
@@ -19,12 +18,8 @@ def _idx_image_shape(path: str) -> tuple | None:
     images, _ = idx.find_split_files(os.path.expanduser(path), "train")
   except (ValueError, FileNotFoundError):
     return None
-  opener = gzip.open if images.endswith(".gz") else open
-  with opener(images, "rb") as f:
-    header = f.read(16)
-  ndim = header[3]
-  dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-  return (*dims[1:], 1) if ndim == 3 else dims[1:]
+  dims = idx.read_idx_shape(images)
+  return (*dims[1:], 1) if len(dims) == 3 else dims[1:]
 
 
 def _tfds_image_shape(data_config: Mapping[str, Any]) -> tuple | None:

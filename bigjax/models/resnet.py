@@ -19,6 +19,17 @@ from bigjax.models.layers import ACTIVATIONS
 from bigjax.models.norm import BatchNorm
 
 
+def _conv_and_norm(block: nn.Module, train: bool):
+  """A block's layer makers: conv(features, k, strides, name), bias-free, 'SAME' for k > 1;
+  norm(name), BatchNorm with the block's momentum."""
+  conv = lambda f, k, s, name: Conv(f, (k, k), s, padding="SAME" if k > 1 else "VALID",
+                                    use_bias=False, impl=block.conv_impl, name=name,
+                                    kernel_init=get_initializer(block.kernel_init))
+  norm = lambda name: BatchNorm(use_running_average=not train, momentum=block.norm_momentum,
+                                epsilon=1e-5, name=name)
+  return conv, norm
+
+
 class BasicBlock(nn.Module):
   """conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act."""
   features: int
@@ -31,11 +42,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = lambda f, k, s, name: Conv(f, (k, k), s, padding="SAME" if k > 1 else "VALID",
-                                      use_bias=False, impl=self.conv_impl, name=name,
-                                      kernel_init=get_initializer(self.kernel_init))
-    norm = lambda name: BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
-                                  epsilon=1e-5, name=name)
+    conv, norm = _conv_and_norm(self, train)
     y = conv(self.features, 3, self.strides, "conv_0")(x)
     y = Activation(self.activation)(norm("norm_0")(y))
     y = conv(self.features, 3, 1, "conv_1")(y)
@@ -66,11 +73,7 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = lambda f, k, s, name: Conv(f, (k, k), s, padding="SAME" if k > 1 else "VALID",
-                                      use_bias=False, impl=self.conv_impl, name=name,
-                                      kernel_init=get_initializer(self.kernel_init))
-    norm = lambda name: BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
-                                  epsilon=1e-5, name=name)
+    conv, norm = _conv_and_norm(self, train)
     out_features = self.features * self.expansion
     y = Activation(self.activation)(norm("norm_0")(conv(self.features, 1, 1, "conv_0")(x)))
     y = Activation(self.activation)(norm("norm_1")(conv(self.features, 3, self.strides,

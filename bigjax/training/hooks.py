@@ -179,10 +179,9 @@ class Checkpoints(Hook):
       self.save_latest(run, state, loop.epoch + 1, stopped=loop.stop_reason)
       self._last_epoch_save = time.monotonic()
 
-  def end(self, run, state, results) -> None:
-    self.wait()
-
   def wait(self) -> None:
+    """Until every save started has finished (the driver calls it before the final
+    evaluation)."""
     self.manager.wait_until_finished()
     if self.best_manager is not None:
       self.best_manager.wait_until_finished()

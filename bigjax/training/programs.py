@@ -121,11 +121,10 @@ class Programs:
   """Everything built before the loop, shared by training, evaluation and prediction."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
     self._place_data(config)
-    self._build_model(config)
-    self._build_programs(config)
-    self._init_state(config)
+    variables = self._build_model(config)
+    self._build_programs(config, variables)
+    self._init_state(config, variables)
 
   # ------------------------------------------------------------------ construction
   def _place_data(self, config) -> None:
@@ -176,9 +175,9 @@ class Programs:
     n = self.mesh.size  # eval batches split over the devices too (padding is masked)
     self.eval_batch_size = -(-min(config.eval.batch_size, largest) // n) * n
 
-  def _build_model(self, config) -> None:
-    """The model, its variables (values: compiled and run once), LoRA adapters, and the
-    classes of outputs it has."""
+  def _build_model(self, config) -> dict:
+    """The model and the classes of outputs it has; returns its variables (values:
+    compiled and run once), LoRA adapters added."""
     self.base_model = self.model = build_model(config.model)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
@@ -198,18 +197,18 @@ class Programs:
       keep = config.lora.train_base  # base params that still train, e.g. a new head
       self.freeze = (f"^{lora.BASE}/" + (f"(?!{keep})" if keep else "")
                      + (f"|{self.freeze}" if self.freeze else ""))
-    self._variables = variables
+    return variables
 
-  def _build_programs(self, config) -> None:
+  def _build_programs(self, config, variables: dict) -> None:
     """The loss, the optimizer and the jitted functions (compiled on first use)."""
     self.loss_fn = build_loss(config.loss)
     self.tx = finetune.wrap_optimizer(
         build_optimizer(config.optimizer, config.loss, self.total_steps),
-        jax.eval_shape(lambda: self._variables["params"]),
+        jax.eval_shape(lambda: variables["params"]),
         dict(config.finetune, freeze=self.freeze))
     state_shapes = jax.eval_shape(
         functools.partial(_initial_state, tx=self.tx, param_dtype=self.param_dtype),
-        self._variables, self.train_rng)
+        variables, self.train_rng)
     self.state_shardings = parallel.state_shardings(state_shapes, self.mesh, config.parallel)
     self.augment = augment_lib.make_augmenter(
         config.data.augment, self.num_outputs if self.classifies else None)
@@ -258,20 +257,19 @@ class Programs:
     self.compile_seconds = 0.0
     self.cache_loads = 0  # executables the persistent compilation cache supplied
 
-  def _init_state(self, config) -> None:
+  def _init_state(self, config, variables: dict) -> None:
     # Compiled as one program: op by op, the optimizer's init dispatches (and on first use
     # compiles) a small program per leaf.
     with compilation.gc_paused():
       state = jax.jit(functools.partial(_initial_state, tx=self.tx,
-                                        param_dtype=self.param_dtype))(self._variables,
+                                        param_dtype=self.param_dtype))(variables,
                                                                        self.train_rng)
     self.initial_state = jax.device_put(state, self.state_shardings)
     if self.mesh.shape["fsdp"] > 1:
       logging.info("fsdp: %s", parallel.describe_shardings(self.state_shardings))
     self.num_params = count_params(self.initial_state.params)
-    trainable, frozen = finetune.count_trainable(self._variables["params"], self.freeze)
+    trainable, frozen = finetune.count_trainable(variables["params"], self.freeze)
     self.num_trainable = trainable
-    del self._variables
     logging.info("model: %s with %s parameters%s", config.model.name, f"{self.num_params:,}",
                  f" ({trainable:,} trainable, {frozen:,} frozen"
                  + (f"; LoRA rank {config.lora.rank}" if config.lora.rank > 0 else "")

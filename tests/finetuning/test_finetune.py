@@ -27,12 +27,7 @@ def _config(**overrides):
     config.report.plots = False
     config.report.html = False
     config.checkpoint.min_interval_seconds = 0.0  # these tests look at every epoch's save
-    for key, value in overrides.items():
-      *sections, name = key.split(".")
-      target = config
-      for part in sections:
-        target = target[part]
-      target[name] = value
+    config.update_from_flattened_dict(overrides)
   return config
 
 

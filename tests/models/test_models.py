@@ -300,9 +300,11 @@ def test_stock_layers_off_the_cpu_compute_what_the_hand_written_kernels_do(
   variables = init_variables(model, jax.random.PRNGKey(1), x[:1])
   rng = jax.random.PRNGKey(2)
   assert backend.hand_written_kernels()  # (this suite runs on the CPU)
-  cpu = _loss_and_grads(model, variables, x, rng)
+  program = lambda: str(jax.make_jaxpr(lambda v: _loss_and_grads(model, v, x, rng))(variables))
+  cpu, cpu_program = _loss_and_grads(model, variables, x, rng), program()
   monkeypatch.setattr(backend, "hand_written_kernels", lambda: False)
-  stock = _loss_and_grads(model, variables, x, rng)
+  stock, stock_program = _loss_and_grads(model, variables, x, rng), program()
+  assert stock_program != cpu_program  # (two computations: the switch takes effect)
   np.testing.assert_allclose(stock[0], cpu[0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                stock[1], cpu[1])

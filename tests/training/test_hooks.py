@@ -18,12 +18,7 @@ def _config(**overrides):
   with config.unlocked():
     config.train.num_epochs = 2
     config.report.plots = config.report.html = config.report.tensorboard = False
-    for dotted, value in overrides.items():
-      *parents, leaf = dotted.split(".")
-      node = config
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
+    config.update_from_flattened_dict(overrides)
   return config
 
 
