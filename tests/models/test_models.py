@@ -339,3 +339,17 @@ def test_layer_norm_epsilon_and_gelu_form_are_model_fields():
   dense_1 = params["params"]["dense_1"]
   np.testing.assert_allclose(block.apply(params, y), exact @ dense_1["kernel"] + dense_1["bias"],
                              rtol=1e-5, atol=1e-6)
+
+
+def test_hand_written_kernels_follow_the_backend_unless_forced(monkeypatch):
+  from bigjax.models import backend
+  from bigjax.registry import ConfigError
+  monkeypatch.delenv(backend.ENV_VAR, raising=False)
+  assert backend.hand_written_kernels() == (jax.default_backend() == "cpu")
+  monkeypatch.setenv(backend.ENV_VAR, "0")
+  assert backend.hand_written_kernels() is False
+  monkeypatch.setenv(backend.ENV_VAR, "1")
+  assert backend.hand_written_kernels() is True
+  monkeypatch.setenv(backend.ENV_VAR, "yes")
+  with pytest.raises(ConfigError, match="BIGJAX_HAND_WRITTEN_KERNELS='yes'"):
+    backend.hand_written_kernels()
