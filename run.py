@@ -28,6 +28,9 @@ flags.DEFINE_string(
     "Where compiled XLA programs are kept between runs, so a second run of the same config "
     "skips most of its compile time; empty turns the cache off. Default: "
     "$BIGJAX_COMPILATION_CACHE, else ~/.cache/bigjax/jax.")
+flags.DEFINE_bool("trust_plugins", False, "eval/predict/sample without --config: let the "
+                  "workdir's config.json import the code it names (\"package.module:name\"); "
+                  "off, only built-in names are resolved from it.")
 flags.DEFINE_string("split", None, "eval: comma-separated splits (default: config.eval.at_end)."
                     " predict: one split (default: test).")
 flags.DEFINE_string("step", "latest",

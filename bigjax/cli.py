@@ -82,7 +82,7 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   status 1); anything else keeps its traceback. BIGJAX_TRACEBACK=1 shows every traceback."""
   try:
     _main(flag_values, files)
-  except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, PermissionError, RuntimeError, FloatingPointError) as e:
     if not raised_by_bigjax(e) or os.environ.get("BIGJAX_TRACEBACK"):
       raise
     print(f"bigjax: error: {e}\n(BIGJAX_TRACEBACK=1 shows where it was raised.)",
@@ -127,7 +127,11 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
                                         workdir)
   else:
     from bigjax.inference import evaluate as inference
-    config = config if config is not None else train.load_run_config(workdir)
+    if config is None:
+      config = train.load_run_config(workdir)
+      if not flag_values.trust_plugins:
+        from bigjax import registry
+        registry.refuse_plugins_from(os.path.join(workdir, "config.json"), config)
     step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
     if flag_values.mode == "sample":
       from bigjax.inference import sample

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 
@@ -24,8 +25,54 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
   return f' Did you mean "{close[0]}"?' if close else ""
 
 
+# Where plugin paths may not come from: a workdir's config.json is data, not code (a shared
+# or downloaded run must not run its own imports when evaluated). None: every path is allowed.
+_untrusted_source: str | None = None
+PLUGIN_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def plugin_paths(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+  """'key=package.module:name' for every value (or comma-separated item) of a config that
+  names code to import."""
+  found = []
+  for key, value in config.items():
+    where = f"{prefix}{key}"
+    if isinstance(value, Mapping) or hasattr(value, "items"):  # (a ConfigDict is no Mapping)
+      found += plugin_paths(value, where + ".")
+      continue
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+      if isinstance(item, str):
+        found += [f"{where}={token.strip()}" for token in item.split(",")
+                  if PLUGIN_PATH.match(token.strip())]
+  return found
+
+
+def refuse_plugins_from(source: str, config: Mapping[str, Any]) -> None:
+  """Resolve only built-in names from now on, `source` being where the config came from;
+  fails at once, naming each, if the config names any plugin path."""
+  global _untrusted_source
+  _untrusted_source = source
+  named = plugin_paths(config)
+  if named:
+    raise ConfigError(
+        f"{source} names code to import ({'; '.join(named)}). A workdir's config.json is "
+        "data: bigjax resolves only its built-in names. If you trust that code, add "
+        "--trust_plugins (or pass the run's --config file).")
+
+
+def trust_plugins() -> None:
+  global _untrusted_source
+  _untrusted_source = None
+
+
 def import_object(path: str, kind: str = "object") -> Any:
   """Imports 'package.module:attribute' (or 'package.module.attribute')."""
+  if _untrusted_source is not None:
+    raise ConfigError(
+        f'{_untrusted_source} names the {kind} "{path}", code to import. A workdir\'s '
+        "config.json is data: bigjax resolves only its built-in names. If you trust that "
+        "code, add --trust_plugins (or pass the run's --config file).")
   if ":" in path:
     module_name, _, attr = path.partition(":")
   else:

@@ -123,56 +123,82 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for hook in hooks:
     hooks_lib.check(hook, "train.run(hooks=...)")
   workdir, manager = _prepare_workdir(config, workdir)
-  programs = Programs(config)
-  epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
-  final_splits = programs.split_names(config.eval.at_end, "config.eval.at_end")
-  best_key = _best_key(config, epoch_splits)
-  check_metric_keys(config, programs, epoch_splits, best_key)
-  if _is_writer():
-    write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
-
-  state, meta, resumed_from = restore_or_init(config, workdir, manager, programs)
-  loop = loop_lib.LoopState.resumed(int(state.step), programs.total_steps,
-                                    programs.steps_per_epoch, meta)
-  state = programs.to_run_state(state)  # (placed on the mesh; pmap: one copy per device)
-  checkpoints = hooks_lib.Checkpoints(
-      manager, checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST) if best_key else None,
-      config.checkpoint.every_steps, config.checkpoint.min_interval_seconds, best_key,
-      config.checkpoint.best_mode)
-  watch = hooks_lib.WatchCompiles()
-  all_hooks = [*default_hooks(config, workdir, epoch_splits, checkpoints), watch, *user_hooks]
-  run_ = Run(config, workdir, programs, loop, all_hooks, MetricsLog(
-      os.path.join(workdir, "metrics.jsonl") if _is_writer() else None), checkpoints)
-
+  checkpoints = None
   try:
-    startup_seconds = _compile_first_step(run_, state, t_start)
-    run_.signals.install()
+    programs = Programs(config)
+    epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
+    final_splits = programs.split_names(config.eval.at_end, "config.eval.at_end")
+    best_key = _best_key(config, epoch_splits)
+    check_metric_keys(config, programs, epoch_splits, best_key)
+    state, meta, resumed_from = restore_or_init(config, workdir, manager, programs)
+    # Every check has passed: only now does this config become the workdir's record.
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if _is_writer() else None)
+    if _is_writer():
+      write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
+      _write_config(config, workdir)
+      log.drop_after(resumed_from or 0)
+    loop = loop_lib.LoopState.resumed(int(state.step), programs.total_steps,
+                                      programs.steps_per_epoch, meta)
+    state = programs.to_run_state(state)  # (placed on the mesh; pmap: one copy per device)
+    checkpoints = hooks_lib.Checkpoints(
+        manager, checkpoint.make_manager(workdir, 1, kind=checkpoint.BEST) if best_key
+        else None, config.checkpoint.every_steps, config.checkpoint.min_interval_seconds,
+        best_key, config.checkpoint.best_mode)
+    watch = hooks_lib.WatchCompiles()
+    all_hooks = [*default_hooks(config, workdir, epoch_splits, checkpoints), watch,
+                 *user_hooks]
+    run_ = Run(config, workdir, programs, loop, all_hooks, log, checkpoints)
     try:
-      state = loop_lib.train(run_, state)
+      startup_seconds = _compile_first_step(run_, state, t_start)
+      run_.signals.install()
+      try:
+        state = loop_lib.train(run_, state)
+      finally:
+        run_.signals.uninstall()
+      results = finish(run_, state, final_splits, startup_seconds, resumed_from,
+                       watch.per_epoch)
     finally:
-      run_.signals.uninstall()
-    results = finish(run_, state, final_splits, startup_seconds, resumed_from,
-                     watch.per_epoch)
+      for hook in run_.hooks:
+        hook.close(run_)
   finally:
-    for hook in run_.hooks:
-      hook.close(run_)
-  checkpoints.manager.close()
-  if checkpoints.best_manager is not None:
-    checkpoints.best_manager.close()
+    # On every way out, errors included: an asynchronous save in flight is finished (not
+    # left to time out after 300 s, nor half written), and the managers let go.
+    manager.close()
+    if checkpoints is not None and checkpoints.best_manager is not None:
+      checkpoints.best_manager.close()
   return results
 
 
+def _write_config(config, workdir: str) -> None:
+  """config.json, atomically: a reader (or a kill) never sees half of it."""
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
 def _prepare_workdir(config, workdir: str):
-  """The workdir made, a resumed run's config checked against the saved one, this config
-  written; returns (absolute workdir, checkpoint manager)."""
+  """The workdir made and a resumed run's config checked against the saved one; returns
+  (absolute workdir, checkpoint manager). (config.json is written once every check passed.)"""
+  if not str(workdir).strip():
+    raise ConfigError("--workdir is empty: name a folder for the run's checkpoints and "
+                      "outputs (e.g. --workdir=runs/mnist).")
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"Cannot create the workdir {workdir} ({e.strerror}): choose a "
+                      "--workdir you can write to.") from None
+  if not os.access(workdir, os.W_OK):
+    raise ConfigError(f"The workdir {workdir} is not writable: choose a --workdir you can "
+                      "write to, or fix its permissions.")
   manager = checkpoint.make_manager(workdir, config.checkpoint.max_to_keep)
   if manager.latest_step() is not None:
-    validate.check_resumable(config, workdir, RESUMABLE_CHANGES)
-  if _is_writer():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    try:
+      validate.check_resumable(config, workdir, RESUMABLE_CHANGES)
+    except BaseException:
+      manager.close()
+      raise
   logging.info("workdir: %s", workdir)
   return workdir, manager
 
@@ -355,11 +381,9 @@ def restore_or_init(config: ml_collections.ConfigDict, workdir: str, manager,
     return state, meta, step
   if config.checkpoint.resume_from:
     other, kind, step = finetune.locate(config.checkpoint.resume_from)
-    other_manager = checkpoint.make_manager(other, create=False, kind=kind)
-    state, meta = checkpoint.restore(other_manager, step, programs.initial_state, channels)
-    other_manager.close()
+    state, meta, step = checkpoint.read(other, step, programs.initial_state, channels, kind)
     logging.info("resumed from step %d of %s (config.checkpoint.resume_from)", step,
-                 other_manager.directory)
+                 checkpoint.checkpoint_dir(other, kind))
     return state, meta, step
   if config.init_from.path:
     source = finetune.read(config.init_from.path, config.init_from.step)
@@ -380,7 +404,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {workdir} holds no bigjax run. "
                             "Train first, or pass --config.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except ValueError:
+    raise ConfigError(f"{path} is not valid JSON (damaged): pass the run's --config "
+                      "instead.") from None
   config.lock()
   return config

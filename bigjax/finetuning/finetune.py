@@ -86,12 +86,9 @@ def locate(path: str, step: str | int = "latest") -> tuple[str, str, int]:
 
 def read(path: str, step: str | int = "latest") -> Source:
   workdir, kind, chosen = locate(path, step)
-  manager = checkpoint.make_manager(workdir, create=False, kind=kind)
-  try:
-    restored = manager.restore(chosen, args=checkpoint.ocp.args.Composite(
-        state=checkpoint.ocp.args.StandardRestore()))["state"]
-  finally:
-    manager.close()
+  # "latest" and "best" take the newest intact checkpoint; a step (or step folder) exactly it.
+  named_step = os.path.basename(os.path.abspath(path)).isdigit() or str(step).isdigit()
+  restored, _, chosen = checkpoint.read(workdir, chosen if named_step else step, kind=kind)
   model_name = None
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):

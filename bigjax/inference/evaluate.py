@@ -25,21 +25,12 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
             step: str | int = "latest") -> tuple[Programs, Any, int]:
   """(programs, train state, step) of a workdir's checkpoint: "latest", "best" or a step."""
   workdir = os.path.abspath(workdir)
-  kind = checkpoint.BEST if step == "best" else checkpoint.LATEST
-  folder = checkpoint.checkpoint_dir(workdir, kind)
-  steps = checkpoint.list_steps(workdir, kind)
-  if not steps:
-    why = (" (config.checkpoint.best_metric was off, or no epoch has ended)"
-           if kind == checkpoint.BEST else "")
-    raise FileNotFoundError(
-        f"No checkpoint in {folder}{why}: train this workdir first "
-        f"(python run.py --config=... --workdir={workdir}).")
-  chosen = checkpoint.pick_step(steps, step, folder)
-  manager = checkpoint.make_manager(workdir, create=False, kind=kind)
+  checkpoint.require(workdir, step)
   programs = Programs(config)
-  state, _ = checkpoint.restore(manager, chosen, programs.initial_state,
-                                input_channels=programs.data.train.images.shape[-1])
-  manager.close()
+  state, _, chosen = checkpoint.read(workdir, step, programs.initial_state,
+                                     input_channels=programs.data.train.images.shape[-1])
+  folder = checkpoint.checkpoint_dir(workdir, checkpoint.BEST if step == "best"
+                                     else checkpoint.LATEST)
   logging.info("restored step %d from %s", chosen, folder)
   return programs, state, chosen
 

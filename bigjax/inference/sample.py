@@ -36,14 +36,32 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
 def generate(model, params: Any, prompt: jax.Array, max_new_tokens: int, rng: jax.Array,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Prompt tokens [B, P] followed by max_new_tokens sampled ones: [B, P + max_new_tokens].
-  Temperature 0 takes the most likely token each time (deterministic)."""
+  Temperature 0 takes the most likely token each time (deterministic). Within the model's
+  context the key/value cache makes each token one position's work; past it, each token is
+  predicted from the last context_length tokens (a sliding window, as nanoGPT does)."""
   batch, length = prompt.shape
-  if length + max_new_tokens > model.context_length:
-    raise ConfigError(f"A prompt of {length} tokens plus {max_new_tokens} new ones is longer "
-                      f"than the model's context of {model.context_length}; shorten the "
-                      "prompt or ask for fewer tokens.")
   if length < 1:
     raise ConfigError("The prompt is empty; give at least one character.")
+  context = model.context_length
+  keys = jax.random.split(rng, max_new_tokens)
+  visible = prompt[:, -context:]  # a prompt longer than the context: its end
+  cached = max(0, min(max_new_tokens, context - visible.shape[1]))
+
+  def pick(logits, key):
+    if temperature == 0:
+      return logits.argmax(-1)
+    return jax.random.categorical(key, filter_logits(logits / temperature, top_k, top_p))
+
+  new_tokens = [_generate_cached(model, params, visible, keys[:cached], pick)
+                if cached else visible[:, :0]]
+  if max_new_tokens > cached:
+    window = jnp.concatenate([visible, new_tokens[0]], axis=1)[:, -context:]
+    new_tokens.append(_generate_sliding(model, params, window, keys[cached:], pick))
+  return jnp.concatenate([prompt, *new_tokens], axis=1)
+
+
+def _generate_cached(model, params, prompt, keys, pick) -> jax.Array:
+  """len(keys) new tokens [B, N] after `prompt`, which with them fits the context."""
   cache = model.init(jax.random.PRNGKey(0), prompt[:, :1], decode=True)["cache"]
   cache = jax.tree.map(jnp.zeros_like, cache)
 
@@ -52,13 +70,8 @@ def generate(model, params: Any, prompt: jax.Array, max_new_tokens: int, rng: ja
                                   mutable=["cache"])
     return logits[:, -1].astype(jnp.float32), updated["cache"]
 
-  def pick(logits, key):
-    if temperature == 0:
-      return logits.argmax(-1)
-    return jax.random.categorical(key, filter_logits(logits / temperature, top_k, top_p))
-
   @jax.jit
-  def run(params, cache, prompt, rng):
+  def run(params, cache, prompt, keys):
     logits, cache = step(params, cache, prompt)  # the whole prompt in one pass
 
     def body(carry, key):
@@ -67,10 +80,25 @@ def generate(model, params: Any, prompt: jax.Array, max_new_tokens: int, rng: ja
       logits, cache = step(params, cache, token[:, None])
       return (logits, cache), token
 
-    _, new = jax.lax.scan(body, (logits, cache), jax.random.split(rng, max_new_tokens))
-    return jnp.concatenate([prompt, new.T], axis=1)
+    _, new = jax.lax.scan(body, (logits, cache), keys)
+    return new.T
 
-  return run(params, cache, prompt, rng)
+  return run(params, cache, prompt, keys)
+
+
+def _generate_sliding(model, params, window, keys, pick) -> jax.Array:
+  """len(keys) new tokens [B, N], each from the `window` [B, context] of tokens before it."""
+  @jax.jit
+  def run(params, window, keys):
+    def body(window, key):
+      logits = model.apply({"params": params}, window)[:, -1].astype(jnp.float32)
+      token = pick(logits, key).astype(window.dtype)
+      return jnp.concatenate([window[:, 1:], token[:, None]], axis=1), token
+
+    _, new = jax.lax.scan(body, window, keys)
+    return new.T
+
+  return run(params, window, keys)
 
 
 def sample(config, workdir: str, prompt: str, step="latest", max_new_tokens: int | None = None,

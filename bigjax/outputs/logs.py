@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging as py_logging
 import os
 import time
 from typing import Any, Mapping
 
 import numpy as np
+
+logging = py_logging.getLogger(__name__)
 
 
 def to_jsonable(x: Any) -> Any:
@@ -31,16 +34,41 @@ def write_json(path: str, obj: Any) -> None:
 
 
 class MetricsLog:
-  """Appends one JSON object per line to `metrics.jsonl`."""
+  """Appends one JSON object per line to `metrics.jsonl`. A run killed during an append
+  leaves a partial last line: it is cut off when the log is next opened."""
 
   def __init__(self, path: str | None):
     self.path = path
+    if path is not None and os.path.exists(path):
+      _trim_partial_line(path)
+
+  def drop_after(self, step: int) -> None:
+    """Forgets rows after `step` (a resumed run writes them again from there)."""
+    if self.path is None or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, row: Mapping[str, Any]) -> None:
     if self.path is None:  # not the writing process
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(to_jsonable(row), sort_keys=True) + "\n")
+
+
+def _trim_partial_line(path: str) -> None:
+  with open(path, "rb") as f:
+    data = f.read()
+  whole = data[:data.rfind(b"\n") + 1]
+  if len(whole) != len(data):
+    logging.warning("%s ended in a partial line (a kill during a write); removed it", path)
+    with open(path, "r+b") as f:
+      f.truncate(len(whole))
 
 
 class Progress:

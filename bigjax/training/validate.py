@@ -99,8 +99,14 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str,
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path) or config.checkpoint.allow_config_change:
     return
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError:
+    raise ConfigError(f"{path} is not valid JSON (damaged), so this workdir's checkpoint "
+                      "cannot be checked against the config. Restore the file, or pass "
+                      "--config.checkpoint.allow_config_change=True to resume under this "
+                      "config.") from None
   current = json.loads(config.to_json_best_effort())
   diffs = config_differences(saved, current, resumable_changes)
   if diffs:

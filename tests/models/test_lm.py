@@ -135,8 +135,26 @@ def test_sampling_at_temperature_0_is_deterministic_and_filters_work():
   assert np.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
   assert np.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
   assert np.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
-  with pytest.raises(ConfigError, match="longer than the model's context of 24"):
-    generate(model, params, tokens[:, :20], 10, jax.random.PRNGKey(0))
+  with pytest.raises(ConfigError, match="prompt is empty"):
+    generate(model, params, tokens[:, :0], 10, jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow
+def test_sampling_past_the_context_slides_a_window_over_the_last_tokens():
+  """Greedy decoding across the end of the 24-token context, and from a prompt longer than
+  it, equals predicting each token from the last 24 tokens with the plain forward pass."""
+  model, params, tokens = _model()
+  long_prompt = jnp.concatenate([tokens, tokens[:, :6]], axis=1)  # 30 tokens
+  for prompt in (tokens[:, :20], long_prompt):
+    out = np.asarray(generate(model, params, prompt, 10, jax.random.PRNGKey(0), 0.0))
+    expected = np.asarray(prompt)
+    for _ in range(10):
+      logits = model.apply({"params": params}, jnp.asarray(expected[:, -24:]))[:, -1]
+      expected = np.concatenate([expected, np.asarray(logits.argmax(-1))[:, None]], axis=1)
+    np.testing.assert_array_equal(out, expected)
+  sampled = generate(model, params, tokens[:, :5], 25, jax.random.PRNGKey(3), 1.0)
+  assert sampled.shape == (2, 30)
+  np.testing.assert_array_equal(np.asarray(sampled[:, :5]), np.asarray(tokens[:, :5]))
 
 
 def _corpus(tmp_path, repeats=200):
