@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging as py_logging
 import os
 import re
@@ -44,19 +45,60 @@ def raised_by_bigjax(error: BaseException) -> bool:
   return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PACKAGE_DIR + os.sep)
 
 
+def _fail(message: str) -> None:
+  print(f"bigjax: error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a config override that names no key (a typo) ending the run
-  on one line, `bigjax: error: ... Did you mean "..."?`, instead of a chained traceback."""
+  """absl's flag parsing, with a config file that cannot load, or an override that names no
+  key (a typo), ending the run on one line, `bigjax: error: ... Did you mean "..."?`,
+  instead of a chained traceback."""
+  if not os.environ.get("BIGJAX_TRACEBACK"):
+    problem = config_file_problem(argv)
+    if problem:
+      _fail(problem)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     if os.environ.get("BIGJAX_TRACEBACK"):
       raise
-    print(f"bigjax: error: {override_error(argv, e)}", file=sys.stderr)
-    sys.exit(1)
+    _fail(override_error(argv, e))
   except flags.Error as e:  # a value of the wrong type, an unknown flag: absl's own line
-    print(f"bigjax: error: {e}\nPass --helpfull to see every flag.", file=sys.stderr)
-    sys.exit(1)
+    text = str(e)
+    if "Error whilst parsing config file" in text:  # get_config raised: its last line
+      lines = [line for line in text.splitlines() if line.strip()]
+      _fail(f"{lines[0].split(': Error whilst')[0].replace('flag ', '')}: {lines[-1]}")
+    _fail(f"{text}\nPass --helpfull to see every flag.")
+
+
+def config_file_problem(argv: Sequence[str]) -> str | None:
+  """What stops --config's file from loading (missing, a syntax error, no get_config), as
+  one line; None when it can load (or none is given)."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      spec = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is None:
+    return None
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    return (f"--config={spec}: {path} does not exist. Pass a config file, e.g. "
+            "--config=configs/mnist.py.")
+  try:
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+  except SyntaxError as e:
+    return f"--config={spec}: {path}, line {e.lineno}: {e.msg}."
+  except (OSError, UnicodeDecodeError) as e:
+    return f"--config={spec}: cannot read {path} ({e})."
+  if not any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+             for node in tree.body):
+    return (f"--config={spec}: {path} defines no get_config() (a config file returns its "
+            "ConfigDict from get_config(arg=None); see configs/mnist.py).")
+  return None
 
 
 def override_error(argv: Sequence[str], error: BaseException) -> str:
@@ -82,6 +124,16 @@ def main(flag_values: flags.FlagValues, files: Sequence[str] = ()) -> None:
   status 1); anything else keeps its traceback. BIGJAX_TRACEBACK=1 shows every traceback."""
   try:
     _main(flag_values, files)
+  except KeyboardInterrupt:  # a second Ctrl-C while saving, or one outside training
+    if os.environ.get("BIGJAX_TRACEBACK"):
+      raise
+    print("bigjax: interrupted; nothing was saved since the last checkpoint, which resumes "
+          "the run.", file=sys.stderr)
+    sys.exit(128 + 2)
+  except flags.ValidationError as e:  # a flag combination run.py cannot use
+    if os.environ.get("BIGJAX_TRACEBACK"):
+      raise
+    _fail(str(e))
   except (ValueError, FileNotFoundError, PermissionError, RuntimeError, FloatingPointError) as e:
     if not raised_by_bigjax(e) or os.environ.get("BIGJAX_TRACEBACK"):
       raise

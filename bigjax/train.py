@@ -53,6 +53,7 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every_ste
                      "checkpoint.max_to_keep", "checkpoint.min_interval_seconds",
                      "report.plots", "report.html",
                      "report.tensorboard")
+DIVERGENCE = 100  # a training loss this many times its first value is warned about
 TRAIN_VALUES = ("loss", "accuracy", "learning_rate")  # what "train/..." keys can name
                                                       # (accuracy: classification only)
 
@@ -66,15 +67,17 @@ class Run:
   loop's state, the hooks, the metrics log and the signal handler."""
 
   def __init__(self, config, workdir: str, programs: Programs, loop: loop_lib.LoopState,
-               hooks: list, log: MetricsLog, checkpoints: hooks_lib.Checkpoints):
+               hooks: list, log: MetricsLog, checkpoints: hooks_lib.Checkpoints,
+               signals: SaveOnSignal | None = None):
     self.config, self.workdir, self.programs, self.loop = config, workdir, programs, loop
     self.hooks, self.log, self.checkpoints = hooks, log, checkpoints
     self.is_writer = _is_writer()
-    self.signals = SaveOnSignal()
+    self.signals = signals or SaveOnSignal()
     is_lm = config.model.name == "gpt"
     self.seq_len = int(programs.data.train.images.shape[1]) if is_lm else None
     self.progress = Progress(loop.total_steps, programs.batch_size,
                              tokens_per_example=self.seq_len)
+    self.first_loss, self.warned_divergence = None, False
 
   def record(self, split: str, values: dict, **extra) -> None:
     """A row of metrics: metrics.jsonl, then every hook's on_metrics."""
@@ -99,6 +102,14 @@ class Run:
       raise FloatingPointError(
           f"Training loss became {row['loss']} by step {last_step}. Lower "
           "--config.optimizer.learning_rate, or check the data for NaNs/Infs.")
+    if self.first_loss is None:  # the first step's loss: before any update moved it
+      self.first_loss = float(per_step["loss"][0])
+    if not self.warned_divergence and row["loss"] > DIVERGENCE * max(self.first_loss, 1e-3):
+      self.warned_divergence = True
+      logging.warning("training loss %.4g at step %d is over %dx its first value %.4g: the run "
+                      "is diverging. Lower --config.optimizer.learning_rate (now %.3g).",
+                      row["loss"], last_step, DIVERGENCE, self.first_loss,
+                      row["learning_rate"])
     loop.latest["train"] = row
     self.record("train", row, epoch=loop.epoch + 1)
     logging.info("epoch %d/%d step %d/%d | loss %.4f%s lr %.3g | %s", loop.epoch + 1,
@@ -124,6 +135,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     hooks_lib.check(hook, "train.run(hooks=...)")
   workdir, manager = _prepare_workdir(config, workdir)
   checkpoints = None
+  signals = SaveOnSignal()  # from here a signal ends the run cleanly (exit 128+signal)
+  signals.install()
   try:
     programs = Programs(config)
     epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
@@ -147,20 +160,22 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     watch = hooks_lib.WatchCompiles()
     all_hooks = [*default_hooks(config, workdir, epoch_splits, checkpoints), watch,
                  *user_hooks]
-    run_ = Run(config, workdir, programs, loop, all_hooks, log, checkpoints)
+    run_ = Run(config, workdir, programs, loop, all_hooks, log, checkpoints, signals)
+    signals.step = loop.step
     try:
       startup_seconds = _compile_first_step(run_, state, t_start)
-      run_.signals.install()
-      try:
-        state = loop_lib.train(run_, state)
-      finally:
-        run_.signals.uninstall()
+      signals.phase = "training"
+      state = loop_lib.train(run_, state)
+      if signals.received is not None:  # at the last step's end: saved there, so stop
+        run_.stop_for_signal(state, saved=True)
+      signals.phase, signals.step = "final", loop.step
       results = finish(run_, state, final_splits, startup_seconds, resumed_from,
                        watch.per_epoch)
     finally:
       for hook in run_.hooks:
         hook.close(run_)
   finally:
+    signals.uninstall()
     # On every way out, errors included: an asynchronous save in flight is finished (not
     # left to time out after 300 s, nor half written), and the managers let go.
     manager.close()

@@ -73,7 +73,7 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       max_train_examples=-1,     # >0: use only the first N (small runs)
       max_test_examples=-1,
       image_size=(),             # (H, W): resize every image (bilinear); () = as stored
-      channels=0,                # folder: 1 (grayscale) or 3 (RGB); 0 = as the first image
+      channels=0,                # folder: 1 (grayscale) or 3 (RGB); 0 = as most images are
       test_fraction=0.2,         # held out as test when the source has no test split
       skip_bad_images=False,     # folder: skip (and log) files that cannot be decoded
       # device: every split in device memory, batches gathered there (fastest; the default);

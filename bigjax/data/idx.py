@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -33,16 +34,24 @@ def _open(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _read(path: str, size: int = -1) -> bytes:
+  """The (decompressed) bytes; a damaged gzip stream is an IdxFormatError naming the file."""
+  try:
+    with _open(path) as f:
+      return f.read(size)
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise IdxFormatError(f"{path} is a damaged gzip file ({type(e).__name__}: {e}); "
+                         "download or copy it again.") from None
+
+
 def read_idx_shape(path: str) -> tuple:
   """The shape of the array in one IDX file, from its header alone."""
-  with _open(path) as f:
-    return _header(f.read(4 + 4 * 255), path)[1]
+  return _header(_read(path, 4 + 4 * 255), path)[1]
 
 
 def read_idx(path: str) -> np.ndarray:
   """The array stored in one IDX file."""
-  with _open(path) as f:
-    data = f.read()
+  data = _read(path)
   dtype, shape, offset = _header(data, path)
   expected = offset + int(np.prod(shape)) * dtype.itemsize
   if len(data) != expected:

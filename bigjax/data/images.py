@@ -3,13 +3,17 @@ with one subfolder per class."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import logging as py_logging
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from bigjax.registry import ConfigError
+
+logging = py_logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -32,6 +36,9 @@ def decode_image(path: str, size: Sequence[int] | None, channels: int) -> np.nda
     with Image.open(path) as image:
       image.load()
       image = image.convert("L" if channels == 1 else "RGB")
+  except Image.DecompressionBombError as e:
+    raise BadImageError(f"{path} is too large to decode safely ({e}). Resize it first "
+                        "(e.g. to under 10,000 x 10,000 pixels).") from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise BadImageError(f"Cannot decode {path} as an image ({e}).") from None
   if size and tuple(size) != (image.height, image.width):
@@ -83,20 +90,35 @@ def class_folders(root: str) -> list[tuple[str, list[str]]]:
   return out
 
 
-def _first_image_channels(path: str) -> int:
+def _image_channels(path: str) -> int | None:
+  """1 (grayscale) or 3 from the file's header; None when it does not open."""
   from PIL import Image
   try:
     with Image.open(path) as image:
       return 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
   except Exception:  # pylint: disable=broad-except  (decode_image names it later)
+    return None
+
+
+def majority_channels(paths: Sequence[str], root: str) -> int:
+  """The channels most of the images have (headers only); a folder that mixes grayscale
+  and colour is converted to the majority, and the log says so."""
+  counts = collections.Counter(c for c in map(_image_channels, paths) if c is not None)
+  if not counts:
     return 3
+  channels = 3 if counts[3] >= counts[1] else 1
+  if len(counts) > 1:
+    logging.warning("%s mixes %d grayscale and %d colour images: all are read as %s (the "
+                    "majority); set --config.data.channels=1 or 3 to choose.", root,
+                    counts[1], counts[3], "colour" if channels == 3 else "grayscale")
+  return channels
 
 
 def load_class_folders(root: str, size: Sequence[int] | None, channels: int,
                        skip_bad: bool, class_names: Sequence[str] | None = None,
                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
   """(images uint8 [N, H, W, C], labels int32 [N], class names, skipped files) of an image
-  folder. `channels` 0 takes the first image's (1 for grayscale, else 3). Without `size`,
+  folder. `channels` 0 takes the majority's (1 for grayscale, else 3). Without `size`,
   every image must already have one size. `class_names` fixes the label order (a test
   folder must use the train folder's)."""
   classes = class_folders(root)
@@ -110,7 +132,7 @@ def load_class_folders(root: str, size: Sequence[int] | None, channels: int,
   index = {name: i for i, name in enumerate(names)}
   paths = [p for _, files in classes for p in files]
   labels = [index[name] for name, files in classes for _ in files]
-  channels = channels or _first_image_channels(paths[0])
+  channels = channels or majority_channels(paths, root)
 
   def read(path):
     try:

@@ -5,6 +5,7 @@ family's fields. A model is any Flax Linen module called as `model.apply(variabl
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ from bigjax.models.resnet import ResNet101
 from bigjax.models.resnet import ResNet152
 from bigjax.models.vit import ViT
 from bigjax.registry import check_keys
+from bigjax.registry import ConfigError
 from bigjax.registry import Registry
 
 MODELS = Registry("model")
@@ -42,6 +44,9 @@ for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResN
 register_model = MODELS.register
 
 
+SIZE_KEY = re.compile(r"(size|sizes|features|depth|heads|classes|length)$")
+
+
 def _module_fields(cls) -> list[str]:
   return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
@@ -55,6 +60,12 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     check_keys("model", name, _module_fields(cls), kwargs, "config.model")
   # ConfigDict turns tuples into lists; Linen modules want hashable fields.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  for key, value in kwargs.items():  # widths, depths, counts: a JAX shape error otherwise
+    values = value if isinstance(value, tuple) else (value,)
+    if SIZE_KEY.search(key) and any(isinstance(v, int) and not isinstance(v, bool) and v < 1
+                                    for v in values):
+      raise ConfigError(f"config.model.{key}={value}: sizes, widths, depths and counts must "
+                        "be positive integers.")
   return cls(**kwargs)
 
 

@@ -61,6 +61,12 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], path: str,
   return _save(fig, path)
 
 
+def plain(text) -> str:
+  """The text as written: a "$" in a class name would start matplotlib's maths notation
+  (and a lone one fail to parse)."""
+  return str(text).replace("$", r"\$")
+
+
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str,
                      title: str = "confusion matrix") -> str:
   """A heatmap coloured by the fraction of each true class, annotated with counts."""
@@ -72,11 +78,11 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
   image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
   fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
   ticks = np.arange(num_classes)
-  ax.set_xticks(ticks, [str(n) for n in class_names], rotation=45, ha="right")
-  ax.set_yticks(ticks, [str(n) for n in class_names])
+  ax.set_xticks(ticks, [plain(n) for n in class_names], rotation=45, ha="right")
+  ax.set_yticks(ticks, [plain(n) for n in class_names])
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
-  ax.set_title(title)
+  ax.set_title(plain(title))
   if num_classes <= 30:
     for i in range(num_classes):
       for j in range(num_classes):
@@ -122,13 +128,14 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
       ax.imshow(image, extent=extent)
     wrong = int(true) != int(guess)
     ax.text(column * cell_w + cell_w / 2, top - 0.05,
-            f"{class_names[int(guess)]} ({conf:.0%})\ntrue: {class_names[int(true)]}",
+            f"{plain(class_names[int(guess)])} ({conf:.0%})\ntrue: "
+            f"{plain(class_names[int(true)])}",
             fontsize=9, ha="center", va="bottom", color="red" if wrong else "black")
     if wrong:
       ax.add_patch(matplotlib.patches.Rectangle(
           (extent[0], extent[3]), w * scale, h * scale, fill=False, edgecolor="red",
           linewidth=3))
-  ax.text(width / 2, heading / 2, title, fontsize=12, ha="center", va="center")
+  ax.text(width / 2, heading / 2, plain(title), fontsize=12, ha="center", va="center")
   ax.set_xlim(0, width)
   ax.set_ylim(height, 0)  # rows downwards, like the images' own pixels
   ax.set_axis_off()
@@ -144,7 +151,7 @@ def predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: str, title:
   ax.plot([low, high], [low, high], color="tab:red", linewidth=1, label="perfect")
   ax.set_xlabel("true")
   ax.set_ylabel("predicted")
-  ax.set_title(title)
+  ax.set_title(plain(title))
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()

@@ -11,11 +11,12 @@ finite is never saved.
 
 from __future__ import annotations
 
+import errno
 import logging as py_logging
 import os
+import shutil
 from typing import Any
 
-import errno
 import flax
 import jax
 import jax.numpy as jnp
@@ -178,10 +179,35 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> b
                     "values (the last finite checkpoint stays the latest)", step,
                     manager.directory)
     return False
+  _check_free_space(manager, step, record)
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state_dict),
       meta=ocp.args.JsonSave({**meta, "arrays": record})), force=True)
   return True
+
+
+class DiskFullError(RuntimeError):
+  """Too little free disk space for the next checkpoint (none was written)."""
+
+
+def _check_free_space(manager: ocp.CheckpointManager, step: int, record: dict) -> None:
+  """Refuses a save the disk cannot hold, before Orbax half-writes it and fails in its
+  threads: the checkpoint's size (its arrays' bytes; a save still in flight counted again)
+  with a 10% margin and 1 MB of metadata, against the free space of a local workdir."""
+  directory = str(manager.directory)
+  if not os.path.isdir(directory):
+    return  # a remote (gs://...) path: the store reports its own errors
+  size = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+             for shape, dtype, _, _ in record.values())
+  in_flight = getattr(manager, "is_saving_in_progress", lambda: True)()
+  need = int(1.1 * size * (2 if in_flight else 1)) + 2 ** 20
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise DiskFullError(
+        f"The disk holding {directory} has {free / 2 ** 20:.1f} MB free; saving step {step} "
+        f"needs about {need / 2 ** 20:.1f} MB. The checkpoints before it are intact: free "
+        "some space (or use another --workdir's disk) and run the same command again to "
+        "resume.")
 
 
 # ------------------------------------------------------------------ restore

@@ -40,10 +40,18 @@ def enable_persistent_cache(directory: str) -> str | None:
     return None
   directory = os.path.abspath(os.path.expanduser(directory))
   try:
-    os.makedirs(directory, exist_ok=True)
+    # Private to the user (0700): the cache holds compiled programs that JAX loads and runs,
+    # so a folder others can write would let them run code as this user.
+    os.makedirs(directory, mode=0o700, exist_ok=True)
   except OSError as e:  # a read-only home is no reason not to train
     log.warning("compilation cache off: cannot create %s (%s); pass --compilation_cache=DIR "
                 "to put it elsewhere, or --compilation_cache= to silence this", directory, e)
+    return None
+  info = os.stat(directory)
+  if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+    log.warning("compilation cache off: %s is %s; it must be yours and writable by you "
+                "alone (chmod go-w, or pass --compilation_cache=DIR)", directory,
+                "another user's" if info.st_uid != os.getuid() else "writable by others")
     return None
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)

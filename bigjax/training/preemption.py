@@ -14,20 +14,26 @@ logging = py_logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
-  """Training stopped by a signal after saving a checkpoint; run again to resume."""
+  """Training stopped by a signal after saving a checkpoint (or before it had anything to
+  save); run again to resume."""
 
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; the "
+  def __init__(self, signum: int, step: int, what: str = ""):
+    super().__init__(what or f"stopped by {signal.Signals(signum).name} at step {step}; the "
                      "checkpoint there resumes it")
     self.signum, self.step = signum, step
 
 
 class SaveOnSignal:
-  """SIGTERM and SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current
-  step, instead of dying mid-epoch. A second SIGINT interrupts at once."""
+  """SIGTERM and SIGINT (preemption, Ctrl-C), from start-up to the last output, end the run
+  with a checkpoint that resumes it and exit status 128+signal. While training, the loop is
+  asked to save and stop after the current step (a second SIGINT interrupts at once); in the
+  start-up phase (nothing trained yet) and the final one (the last state already saved) the
+  run stops at once."""
 
   def __init__(self):
     self.received: int | None = None
+    self.phase = "startup"  # startup | training | final
+    self.step = 0           # the step a checkpoint holds, for the startup and final phases
     self._previous: dict = {}
 
   @property
@@ -35,11 +41,19 @@ class SaveOnSignal:
     return signal.Signals(self.received).name if self.received else ""
 
   def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.phase != "training":
+      self.received = signum
+      raise Interrupted(signum, self.step, (
+          f"stopped by {name} before training started; run the same command again to start"
+          if self.phase == "startup" else
+          f"stopped by {name} after training, at step {self.step}: its checkpoint is saved; "
+          "run the same command again for the final evaluation and outputs"))
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signum
     logging.info("%s received: saving a checkpoint after this step (Ctrl-C again to quit "
-                 "without saving)", signal.Signals(signum).name)
+                 "without saving)", name)
 
   def stop(self, manager, step: int) -> None:
     """After the loop saved at `step`: wait for the save, then raise Interrupted."""

@@ -40,6 +40,9 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
       raise ConfigError(
           f"The {name} split has {bad} NaN or infinite pixel values. Clean the data (e.g. "
           "np.nan_to_num) before training.")
+  if config.train.num_epochs < 1 and config.train.get("num_steps", -1) <= 0:
+    raise ConfigError(f"config.train.num_epochs={config.train.num_epochs} trains nothing: use "
+                      "1 or more (or config.train.num_steps > 0).")
   accum = config.train.grad_accum_steps
   if accum < 1 or config.train.batch_size % accum:
     raise ConfigError(
@@ -62,11 +65,20 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
     if len(split) == 0:
       raise ConfigError(f"The {name} split is empty; check config.data.")
     lo, hi = int(split.labels.min()), int(split.labels.max())
-    if lo < 0 or hi >= num_classes:
+    if lo < 0:
+      raise ConfigError(
+          f"The {name} split has negative labels (down to {lo}); class labels are "
+          f"0..num_classes-1. Relabel the data (or drop the unlabelled examples).")
+    if hi >= num_classes:
       raise ConfigError(
           f"The {name} split has labels in [{lo}, {hi}] but the model has "
           f"num_classes={num_classes} outputs. Set --config.model.num_classes={hi + 1} "
           "(or check the data's labels).")
+  if len(np.unique(np.asarray(data.train.labels))) < 2:
+    raise ConfigError(
+        f"The training split has examples of only one class (label "
+        f"{int(np.asarray(data.train.labels)[0])}): a classifier needs two or more. Check the "
+        "data (an image folder needs one subfolder per class).")
   if data.num_classes > num_classes:
     raise ConfigError(
         f"The dataset has {data.num_classes} classes but the model has num_classes="

@@ -234,3 +234,42 @@ def test_a_workdirs_config_json_names_no_code_unless_trusted(finished, tmp_path)
   finally:
     registry.trust_plugins()
   assert registry.import_object("os.path:join") is os.path.join
+
+
+def test_a_disk_too_full_for_the_next_save_stops_with_one_line_and_loses_nothing(
+    finished, tmp_path, monkeypatch):
+  workdir = _copy(finished, tmp_path)
+  steps = checkpoint.list_steps(workdir)
+  usage = shutil.disk_usage(workdir)
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                      lambda path: usage._replace(free=100_000))
+  with pytest.raises(checkpoint.DiskFullError, match=r"0\.1 MB free; saving step \d+ needs "
+                     r"about [\d.]+ MB\. The checkpoints before it are intact"):
+    train.run(_config(**{"train.num_epochs": 3}), workdir)
+  assert checkpoint.list_steps(workdir) == steps
+  monkeypatch.undo()
+  results = train.run(_config(**{"train.num_epochs": 3}), workdir)
+  assert results["resumed_from_step"] == steps[-1] and results["steps"] == 120
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line(tmp_path):
+  small = tmp_path / "small"
+  small.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)],
+                           capture_output=True)
+  if mounted.returncode:
+    pytest.skip("cannot mount a small tmpfs here (needs root in a container that allows it)")
+  try:
+    done = subprocess.run(
+        [sys.executable, "run.py", "--config=configs/fashion_mnist.py:mlp,small",
+         f"--workdir={small}/run", "--config.checkpoint.every_steps=10",
+         "--config.report.plots=False", "--config.report.html=False",
+         "--config.report.tensorboard=False", "--config.data.source=digits",
+         "--config.model.num_classes=10", "--config.model.hidden_sizes=(2048,)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "bigjax: error: The disk holding" in done.stderr
+    assert "Traceback" not in done.stderr and "RESOURCE_EXHAUSTED" not in done.stderr
+  finally:
+    subprocess.run(["umount", str(small)], capture_output=True)

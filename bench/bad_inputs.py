@@ -1,0 +1,163 @@
+"""What each bad input prints: run.py on a list of mistakes, one row per case with its exit
+status, whether it ended in one clear line, a traceback, or silence, and the line itself.
+
+  python -m bench.bad_inputs [--out=docs/bad_inputs.md]   # about 2 minutes on 2 CPU cores
+
+Cases use the scikit-learn digits (no download) and Debian's Fashion-MNIST where a case is
+about IDX files.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags
+
+from bench._report import emit
+
+flags.DEFINE_string("out", "", "Also write the table (markdown) here.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist"
+QUIET = ["--config.report.plots=False", "--config.report.html=False",
+         "--config.report.tensorboard=False"]
+DIGITS = ["--config=configs/digits.py", *QUIET]
+
+
+def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
+  """(what, run.py arguments, what a user should see: error | warning)."""
+  w = lambda name: f"--workdir={tmp}/{name}"
+  return [
+      ("mistyped override key", [*DIGITS, w("a"), "--config.train.num_epochz=2"], "error"),
+      ("override of the wrong type", [*DIGITS, w("a"), "--config.train.num_epochs=abc"],
+       "error"),
+      ("unknown model", [*DIGITS, w("a"), "--config.model.name=mpl"], "error"),
+      ("unknown loss", [*DIGITS, w("a"), "--config.loss.name=crossentropy"], "error"),
+      ("unknown optimizer", [*DIGITS, w("a"), "--config.optimizer.name=adamm"], "error"),
+      ("unknown metric", [*DIGITS, w("a"), "--config.eval.metrics=loss,acuracy"], "error"),
+      ("negative layer width", [*DIGITS, w("a"), "--config.model.hidden_sizes=(-3,)"],
+       "error"),
+      ("num_epochs=-1", [*DIGITS, w("a"), "--config.train.num_epochs=-1"], "error"),
+      ("batch_size=0", [*DIGITS, w("a"), "--config.train.batch_size=0"], "error"),
+      ("batch larger than the data", [*DIGITS, w("a"), "--config.train.batch_size=100000"],
+       "error"),
+      ("steps_per_call=0", [*DIGITS, w("a"), "--config.train.steps_per_call=0"], "error"),
+      ("learning rate NaN", [*DIGITS, w("nan"), "--config.optimizer.learning_rate=nan"],
+       "error"),
+      ("learning rate 1e6 (diverges)", [*DIGITS, w("big"),
+                                        "--config.optimizer.learning_rate=1e6"], "warning"),
+      ("empty --workdir", [*DIGITS, "--workdir="], "error"),
+      ("workdir that cannot be created", [*DIGITS, "--workdir=/proc/bigjax_run"], "error"),
+      ("no --config", [w("a")], "error"),
+      ("missing config file", ["--config=configs/nope.py", w("a")], "error"),
+      ("config file with a syntax error", [f"--config={tmp}/syntax.py", w("a")], "error"),
+      ("config file without get_config", [f"--config={tmp}/no_get.py", w("a")], "error"),
+      ("unknown config variant", ["--config=configs/mnist.py:cnnn", w("a")], "error"),
+      ("missing IDX folder", ["--config=configs/fashion_mnist.py", w("a"),
+                              "--config.data.source=idx", "--config.data.path=/nonexistent"],
+       "error"),
+      ("damaged gzip IDX file", ["--config=configs/fashion_mnist.py", w("a"),
+                                 "--config.data.source=idx", f"--config.data.path={tmp}/idx"],
+       "error"),
+      ("one-class image folder", [*DIGITS, w("a"), "--config.data.source=folder",
+                                  f"--config.data.path={tmp}/one_class"], "error"),
+      ("--step=foo", ["--mode=eval", f"--workdir={trained}", "--step=foo"], "error"),
+      ("eval of a workdir with no run", ["--mode=eval", w("empty")], "error"),
+      ("eval --step of a missing step", ["--mode=eval", f"--workdir={trained}",
+                                         "--step=99999"], "error"),
+      ("predict on a missing image", ["--mode=predict", f"--workdir={trained}",
+                                      f"{tmp}/missing.png"], "error"),
+      ("predict on a file that is no image", ["--mode=predict", f"--workdir={trained}",
+                                              f"{tmp}/syntax.py"], "error"),
+      ("sample from an image classifier", ["--mode=sample", f"--workdir={trained}"], "error"),
+      ("config.json that names code", ["--mode=eval", f"--workdir={tmp}/plugin_run"], "error"),
+      ("flipped bit in the latest checkpoint", ["--mode=eval", f"--workdir={tmp}/flipped"],
+       "warning"),
+  ]
+
+
+def _prepare(tmp: str, trained: str) -> None:
+  with open(f"{tmp}/syntax.py", "w") as f:
+    f.write("def get_config(:\n")
+  with open(f"{tmp}/no_get.py", "w") as f:
+    f.write("x = 1\n")
+  os.makedirs(f"{tmp}/idx")
+  if os.path.isdir(FASHION):
+    for name in os.listdir(FASHION):
+      shutil.copy(os.path.join(FASHION, name), f"{tmp}/idx/{name}")
+    path = f"{tmp}/idx/train-images-idx3-ubyte.gz"
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])  # cut mid-stream
+  else:  # a gzip of something else
+    with gzip.open(f"{tmp}/idx/train-images-idx3-ubyte.gz", "wb") as f:
+      f.write(b"\x00" * 10)
+  from PIL import Image
+  os.makedirs(f"{tmp}/one_class/cat")
+  for i in range(100):
+    Image.new("L", (8, 8), color=i * 2).save(f"{tmp}/one_class/cat/{i}.png")
+  plugin = f"{tmp}/plugin_run"
+  shutil.copytree(trained, plugin)
+  config = json.load(open(f"{plugin}/config.json"))
+  config["model"] = {"name": "subprocess:Popen", "args": f"touch {tmp}/ran", "shell": True}
+  json.dump(config, open(f"{plugin}/config.json", "w"))
+  flipped = f"{tmp}/flipped"
+  shutil.copytree(trained, flipped)
+  latest = max(int(s) for s in os.listdir(f"{flipped}/checkpoints") if s.isdigit())
+  files = [os.path.join(r, n) for r, _, ns in os.walk(f"{flipped}/checkpoints/{latest}/state")
+           for n in ns if os.path.basename(r) == "d"]
+  target = max(files, key=os.path.getsize)
+  data = bytearray(open(target, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(target, "wb").write(bytes(data))
+
+
+def classify(proc: subprocess.CompletedProcess) -> tuple[str, str]:
+  """(one line | traceback | warned | silent, the line a user reads)."""
+  err = proc.stderr
+  lines = [line for line in err.splitlines() if line.strip()]
+  if "Traceback (most recent call last)" in err:
+    return "traceback", (lines[-1] if lines else "")[:160]
+  if proc.returncode != 0:
+    error = [line for line in lines if line.startswith(("bigjax: error:", "FATAL Flags"))]
+    return "one line", (error[0] if error else lines[-1] if lines else "")[:400]
+  warned = [line for line in lines if "WARNING" in line or " is damaged" in line
+            or "diverging" in line]
+  if warned:
+    return "warned", warned[0].split(" ", 1)[-1][:400]
+  return "silent", ""
+
+
+def main(argv):
+  del argv
+  env = dict(os.environ, BIGJAX_COMPILATION_CACHE="", JAX_PLATFORMS="cpu")
+  rows, counts = [], collections.Counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    trained = f"{tmp}/trained"
+    subprocess.run([sys.executable, "run.py", *DIGITS, f"--workdir={trained}",
+                    "--config.train.num_epochs=2", "--config.checkpoint.min_interval_seconds=0"],
+                   cwd=ROOT, env=env, capture_output=True, check=True, timeout=600)
+    _prepare(tmp, trained)
+    for what, args, expected in cases(tmp, trained):
+      proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+      outcome, line = classify(proc)
+      counts[outcome] += 1
+      shown = " ".join(a for a in args if a not in QUIET).replace(tmp, "TMP")
+      rows.append(f"| {what} | `{shown}` | {proc.returncode} | {outcome} | "
+                  f"{line.replace(tmp, 'TMP').replace('|', '/')} |")
+      print(rows[-1], flush=True)
+    assert not os.path.exists(f"{tmp}/ran"), "a workdir's config.json ran its command"
+  summary = ", ".join(f"{n} {k}" for k, n in counts.most_common())
+  emit("| input | arguments | exit | outcome | what it prints |\n|---|---|---|---|---|\n"
+       + "\n".join(rows) + f"\n\n{len(rows)} cases: {summary}.\n", flags.FLAGS.out or None)
+
+
+if __name__ == "__main__":
+  app.run(main)
