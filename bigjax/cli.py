@@ -179,12 +179,12 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
                                         workdir)
   else:
     from bigjax.inference import evaluate as inference
+    step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
     if config is None:
       config = train.load_run_config(workdir)
       if not flag_values.trust_plugins:
         from bigjax import registry
         registry.refuse_plugins_from(os.path.join(workdir, "config.json"), config)
-    step = flag_values.step if flag_values.step in ("latest", "best") else _step(flag_values.step)
     if flag_values.mode == "sample":
       from bigjax.inference import sample
       prompt = flag_values.prompt

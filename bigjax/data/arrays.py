@@ -54,8 +54,11 @@ def load(path: str) -> dict:
     try:
       with np.load(path, allow_pickle=False) as npz:
         available = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError) as e:
-      raise ConfigError(f"{path} is not a readable .npz file ({e}).") from None
+    except (ValueError, OSError, EOFError) as e:
+      # (numpy names pickles for any file it does not recognise: not the user's problem)
+      why = "" if "allow_pickle" in str(e) else f" ({e})"
+      raise ConfigError(f"{path} is not a .npz file numpy can read{why}: give a .npz saved "
+                        "with np.savez, or a folder of .npy files.") from None
   else:
     raise ConfigError(f"{path}: no such file or folder (config.data.path).")
   out = {}

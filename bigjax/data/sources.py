@@ -8,6 +8,7 @@ batching) is the same for every source.
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import os
 from typing import Any, Callable, Mapping
 
@@ -19,6 +20,8 @@ from bigjax.data import images as image_files
 from bigjax.data import tfds_source
 from bigjax.registry import ConfigError
 from bigjax.registry import Registry
+
+logging = py_logging.getLogger(__name__)
 
 SOURCES = Registry("data source")
 register_source = SOURCES.register
@@ -129,6 +132,10 @@ def load_arrays(data_config: Mapping[str, Any]) -> RawData:
     train_x, train_y, test_x, test_y = hold_out_test(
         train_x, train_y, data_config.get("test_fraction", 0.2), data_config["split_seed"])
   regression = np.issubdtype(train_y.dtype, np.floating)
+  if regression and np.all(train_y == np.round(train_y)) and len(np.unique(train_y)) <= 1000:
+    logging.warning("%s: the labels are floats with only whole values (%d distinct): they "
+                    "are regression targets. For classes, save them as integers "
+                    "(labels.astype(np.int64)).", data_config["path"], len(np.unique(train_y)))
   cast = (lambda y: y.astype(np.float32)) if regression else (lambda y: y.astype(np.int32))
   train_y, test_y = cast(train_y), cast(test_y)
   if regression:
