@@ -133,6 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   user_hooks = [*hooks_lib.from_config(config.hooks), *hooks]  # (a bad one fails first)
   for hook in hooks:
     hooks_lib.check(hook, "train.run(hooks=...)")
+  config = finetune.with_checkpoint_architecture(config)  # (hf: checkpoints name their own)
   workdir, manager = _prepare_workdir(config, workdir)
   checkpoints = None
   signals = SaveOnSignal()  # from here a signal ends the run cleanly (exit 128+signal)

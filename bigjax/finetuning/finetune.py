@@ -84,7 +84,42 @@ def locate(path: str, step: str | int = "latest") -> tuple[str, str, int]:
   return workdir, kind, checkpoint.pick_step(steps, step, folder)
 
 
+def read_hf(path: str) -> Source:
+  """A Hugging Face checkpoint folder (hf:FOLDER) as a Source in bigjax's param paths; its
+  tensors with no place in bigjax's model appear in the load table as unused."""
+  from bigjax.models import hf
+  hf_config = hf.read_config(path)
+  params = hf.convert(hf.read_tensors(path), hf_config)
+  params = {key.replace("unused:", "(hf) "): value for key, value in params.items()}
+  return Source(hf.folder_of(path), 0, params, {}, hf.model_config(hf_config)["name"])
+
+
+def with_checkpoint_architecture(config):
+  """The config with its model's architecture read from an hf: init_from checkpoint (the
+  user names only the head, num_classes and dropout); other configs as they are."""
+  from bigjax.models import hf
+  path = config.init_from.path
+  if not hf.is_hf(path):
+    return config
+  hf_config = hf.read_config(path)
+  architecture = hf.model_config(hf_config)
+  if config.model.name != architecture["name"]:
+    raise ConfigError(
+        f'config.init_from.path={path} is a {hf_config["model_type"]} checkpoint, which '
+        f'bigjax builds as model "{architecture["name"]}", but config.model.name is '
+        f'"{config.model.name}". Set --config.model.name={architecture["name"]} (with the '
+        "head you want), or init_from a checkpoint of this model.")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.update(architecture)
+  config.lock()
+  return config
+
+
 def read(path: str, step: str | int = "latest") -> Source:
+  from bigjax.models import hf
+  if hf.is_hf(path):
+    return read_hf(path)
   workdir, kind, chosen = locate(path, step)
   # "latest" and "best" take the newest intact checkpoint; a step (or step folder) exactly it.
   named_step = os.path.basename(os.path.abspath(path)).isdigit() or str(step).isdigit()

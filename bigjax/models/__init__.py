@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 
 from bigjax.models.autoencoder import DenoisingAutoencoder
+from bigjax.models.bert import BERT
 from bigjax.models.cnn import CNN
 from bigjax.models.gpt import GPT
 from bigjax.models.mlp import MLP
@@ -35,6 +36,7 @@ MODELS.register("cnn")(CNN)
 MODELS.register("resnet")(ResNet)
 MODELS.register("vit")(ViT)
 MODELS.register("gpt")(GPT)
+MODELS.register("bert")(BERT)
 MODELS.register("denoising_autoencoder")(DenoisingAutoencoder)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
                     "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,

@@ -1,0 +1,134 @@
+"""Hugging Face checkpoints in: bigjax's GPT and BERT give transformers' logits on its own
+checkpoints (random small models, every weight random; tests/fixtures/hf, made by
+make_fixtures.py), and have transformers' parameter counts at the published sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax.finetuning import finetune
+from bigjax.models import bert, build_model, hf
+from bigjax.registry import ConfigError
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
+HEADS = {"gpt2": {}, "bert_mlm": dict(head="mlm", pooler=False),
+         "bert_classifier": dict(head="classification", num_classes=3)}
+
+
+def _imported(folder: str, **head):
+  """(model, params, expected tokens and logits) of one fixture folder, through hf:."""
+  path = hf.PREFIX + folder
+  hf_config = hf.read_config(path)
+  model = build_model({**hf.model_config(hf_config), **head})
+  converted = hf.convert(hf.read_tensors(path), hf_config)
+  unused = sorted(k for k in converted if k.startswith("unused:"))
+  params = finetune.unflatten({k: jnp.asarray(v) for k, v in converted.items()
+                               if not k.startswith("unused:")})
+  expected = np.load(os.path.join(folder, "expected.npz"))
+  return model, params, expected, unused
+
+
+def _check_parity(folder: str, head: dict) -> None:
+  model, params, expected, unused = _imported(folder, **head)
+  assert unused == []  # every tensor has its place (tied copies accounted for)
+  tokens = jnp.asarray(expected["tokens"], jnp.int32)
+  target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens))["params"]
+  shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in finetune.flatten(tree).items()}
+  assert shapes(params) == shapes(target)  # the same paths and shapes, nothing left out
+  logits = np.asarray(model.apply({"params": params}, tokens))
+  assert logits.shape == expected["logits"].shape
+  np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_imported_checkpoints_give_transformers_logits(name):
+  _check_parity(os.path.join(FIXTURES, name), HEADS[name])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (importlib.util.find_spec("torch")
+                         and importlib.util.find_spec("transformers")),
+                    reason="needs torch and transformers (make_fixtures.py's header)")
+def test_fresh_fixtures_from_the_installed_transformers_match_too(tmp_path):
+  subprocess.run([sys.executable, os.path.join(FIXTURES, "make_fixtures.py"),
+                  f"--out={tmp_path}"], check=True, capture_output=True)
+  for name, head in HEADS.items():
+    _check_parity(str(tmp_path / name), head)
+
+
+def test_parameter_counts_equal_transformers_at_the_published_sizes():
+  def count(config, tokens):
+    model = build_model(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens))["params"]
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  # transformers 5.24: BertModel(BertConfig()) and GPT2LMHeadModel(GPT2Config()).
+  assert count(dict(name="bert", head="none", **bert.sized("base")), tokens) == 109_482_240
+  gpt2 = hf.model_config({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024,
+                          "n_embd": 768, "n_layer": 12, "n_head": 12})
+  assert count(gpt2, tokens) == 124_439_808
+  assert bert.sized("mini") == dict(depth=4, hidden_size=256, num_heads=4,
+                                    intermediate_size=1024)
+
+
+def test_a_folder_that_is_not_a_supported_checkpoint_is_one_line(tmp_path):
+  with pytest.raises(ConfigError, match="no such folder"):
+    hf.read_config("hf:" + str(tmp_path / "missing"))
+  with pytest.raises(ConfigError, match="has no config.json"):
+    hf.read_config("hf:" + str(tmp_path))
+  (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+  with pytest.raises(ConfigError, match='model_type "t5" is not supported; bigjax imports '
+                     "gpt2, bert"):
+    hf.read_config("hf:" + str(tmp_path))
+  (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+  with pytest.raises(ConfigError, match="has no model.safetensors"):
+    hf.read_tensors("hf:" + str(tmp_path))
+
+
+@pytest.mark.slow
+def test_init_from_hf_builds_the_checkpoints_architecture_and_fine_tunes_it(tmp_path):
+  """A GPT config that names no sizes fine-tunes the GPT-2 fixture: its architecture comes
+  from the checkpoint's config.json, every tensor loads (the table says so) into the params
+  the run trains (at learning rate 0, the checkpoint holds exactly the imported ones)."""
+  from bigjax import train
+  from configs import lm_tiny
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("0101 10!, 0.1 " * 400)  # bytes 32-49: inside the fixture's 50 tokens
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.init_from.path = "hf:" + os.path.join(FIXTURES, "gpt2")
+    config.data.path = str(corpus)
+    config.data.seq_len = 12
+    config.train.update(num_steps=4, batch_size=4, log_every_steps=1)
+    config.optimizer.learning_rate = 0.0  # the imported params, unchanged, at every step
+    config.report.update(plots=False, html=False, tensorboard=False)
+  results = train.run(config, str(tmp_path / "run"))
+  saved = train.load_run_config(str(tmp_path / "run"))
+  assert (saved.model.hidden_size, saved.model.depth, saved.model.vocab_size) == (32, 2, 50)
+  table = (tmp_path / "run" / "init_from.txt").read_text()
+  assert "missing" not in table and "unused" not in table and "loaded" in table
+  from bigjax.training import checkpoint
+  _, params, _, _ = _imported(os.path.join(FIXTURES, "gpt2"))
+  _, trained = checkpoint.latest_params(str(tmp_path / "run"))
+  jax.tree.map(np.testing.assert_array_equal, trained, jax.device_get(params))  # lr 0
+  assert np.isfinite(results["test_loss"])
+
+
+def test_a_checkpoint_of_another_family_is_named(tmp_path):
+  from bigjax.finetuning import finetune
+  from configs import lm_tiny
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.model.name = "bert"
+    config.init_from.path = "hf:" + os.path.join(FIXTURES, "gpt2")
+  with pytest.raises(ConfigError, match='is a gpt2 checkpoint, which bigjax builds as model '
+                     '"gpt", but config.model.name is "bert"'):
+    finetune.with_checkpoint_architecture(config)
