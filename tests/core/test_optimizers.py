@@ -359,3 +359,23 @@ def test_weight_decay_mask_decays_only_the_matching_params(mask, decayed):
     for name, value in params[layer].items():
       expected = -0.5 * 0.1 * value if name == decayed else jnp.zeros_like(value)
       np.testing.assert_allclose(updates[layer][name], expected, rtol=1e-6, atol=1e-8)
+
+
+def test_reduce_on_plateau_waits_out_its_cooldown_after_each_reduction():
+  _, params, _ = _mlp()
+  schedule = dict(SCHEDULE_DEFAULTS, name="reduce_on_plateau", plateau_factor=0.5,
+                  plateau_patience=2, plateau_cooldown=3, plateau_accumulation_steps=1)
+  tx = build_optimizer({"name": "sgd", "learning_rate": 0.1, "schedule": schedule})
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  rates = []
+  for loss in [5.0, 4.0, 3.0] + [3.0] * 9:
+    _, state = tx.update(grads, state, params, value=jnp.asarray(loss))
+    rates.append(round(float(current_learning_rate(state)), 6))
+  # As without a cooldown up to the first halving; then 3 values in which nothing is
+  # counted, before `patience` more stalled values halve it again (without the cooldown:
+  # every second value, as in the test above).
+  first = rates.index(0.05)
+  assert rates[:first] == [0.1] * first
+  second = rates.index(0.025)
+  assert second - first == 3 + 2, rates

@@ -156,3 +156,43 @@ def test_a_diverging_loss_is_warned_about(tmp_path, caplog):
     train.run(_digits(**{"optimizer.learning_rate": 1e6, "train.num_epochs": 1}),
               str(tmp_path))
   assert "the run is diverging" in caplog.text
+
+
+@pytest.mark.slow
+def test_predict_takes_images_of_another_size_and_colour(tmp_path):
+  """A model trained on 8x8 grayscale digits predicts a 32x32 colour picture (resized and
+  converted as its data was) the same as that picture made 8x8 grayscale by hand."""
+  from PIL import Image
+  from bigjax.inference import evaluate
+  config = _digits(**{"train.num_epochs": 1})
+  workdir = str(tmp_path / "run")
+  train.run(config, workdir)
+  rng = np.random.default_rng(0)
+  big = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB")
+  big.save(tmp_path / "big.png")
+  big.convert("L").resize((8, 8), Image.BILINEAR).save(tmp_path / "small.png")
+  path = evaluate.predict(config, workdir, files=[str(tmp_path / "big.png"),
+                                                  str(tmp_path / "small.png")])
+  rows = [line.split(",") for line in open(path).read().splitlines()[1:]]
+  assert len(rows) == 2
+  assert rows[0][1:] == rows[1][1:]  # same class, same probabilities
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_quits_at_once_with_one_line(tmp_path):
+  (tmp_path / "twice.py").write_text(
+      "import os, signal\nfrom bigjax.training import hooks\n"
+      "class Twice(hooks.Hook):\n"
+      "  def after_step(self, run, state):\n"
+      "    if run.loop.step == 20:\n"
+      "      os.kill(os.getpid(), signal.SIGINT)\n"
+      "      os.kill(os.getpid(), signal.SIGINT)\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO_ROOT]))
+  done = subprocess.run(
+      [sys.executable, "run.py", "--config=configs/digits.py", f"--workdir={tmp_path}/run",
+       "--config.report.plots=False", "--config.report.html=False",
+       "--config.train.steps_per_call=1", '--config.hooks=("twice:Twice",)'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert done.returncode == 130, done.stderr[-2000:]
+  assert "bigjax: interrupted; nothing was saved since the last checkpoint" in done.stderr
+  assert "Traceback" not in done.stderr

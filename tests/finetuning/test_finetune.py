@@ -452,3 +452,27 @@ def test_lora_train_base_lets_the_named_base_params_train_too():
                                                          "dense_0/kernel/b"}
   head = programs.initial_state.params["base"]["head"]
   assert programs.num_trainable == 4 * (64 + 128) + head["kernel"].size + head["bias"].size
+
+
+@pytest.mark.slow
+def test_init_from_model_state_loads_batch_statistics_only_when_asked(tmp_path):
+  norm = {"model.norm": "batch", "train.num_epochs": 1}
+  source = tmp_path / "source"
+  train.run(_config(**norm), str(source))
+  saved = _params(source)["model_state"]
+  assert saved  # BatchNorm's running statistics, moved by training
+  for load_state in (True, False):
+    config = _config(**norm, **{"init_from.path": str(source), "init_from.model_state":
+                                load_state, "optimizer.learning_rate": 0.0,
+                                "finetune.freeze_batch_stats": True})
+    workdir = tmp_path / f"load_{load_state}"
+    manager = checkpoint.make_manager(str(workdir))
+    programs = Programs(config)
+    state, _, _ = train.restore_or_init(config, str(workdir), manager, programs)
+    manager.close()
+    fresh = programs.initial_state.model_state
+    expected = saved if load_state else jax.device_get(fresh)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.model_state), expected)
+    if load_state:  # (and the fresh statistics really differ from the trained ones)
+      assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
+                                                          jax.tree.leaves(fresh)))
