@@ -236,6 +236,28 @@ def load_text(data_config: Mapping[str, Any]) -> RawData:
   return _token_windows(train, validation, test, data_config)
 
 
+@register_source("text_classification")
+def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
+  """Labelled texts (a .csv/.tsv/.jsonl file, a folder of <class>/*.txt, or files of
+  records such as Debian's fortunes) as tokens [N, seq_len] and class labels; test_fraction
+  held out at random (seeded by split_seed). bigjax/data/text_classification.py."""
+  from bigjax.data import text_classification as tc
+  texts, names = tc.read_texts(
+      data_config.get("path") or "", data_config.get("text_column", "text"),
+      data_config.get("label_column", "label"), data_config.get("record_separator", "%"),
+      tuple(data_config.get("categories") or ()))
+  if not texts:
+    raise ConfigError(f"No texts in {data_config.get('path')!r} (config.data.path).")
+  classes = list(data_config.get("categories") or ()) or sorted(set(names))
+  index = {name: i for i, name in enumerate(classes)}
+  labels = np.asarray([index[name] for name in names], np.int32)
+  tokens = tc.tokenize(texts, data_config.get("tokenizer", "bytes"),
+                       int(data_config.get("seq_len", 128)))
+  train_x, train_y, test_x, test_y = hold_out_test(
+      tokens, labels, data_config.get("test_fraction", 0.2), data_config["split_seed"])
+  return RawData(train_x, train_y, test_x, test_y, 0.0, classes)
+
+
 @register_source("tfds_text")
 def load_tfds_text(data_config: Mapping[str, Any]) -> RawData:
   """A TFDS text dataset by name (`name`: tiny_shakespeare, lm1b, ...) as byte-level

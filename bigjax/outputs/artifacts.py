@@ -65,8 +65,11 @@ def picture_split(splits) -> str:
 
 def prediction_pictures(workdir: str, split: str, images: np.ndarray, labels: np.ndarray,
                         probabilities: np.ndarray, class_names, stats) -> list[report.Picture]:
-  """The 5x5 grid of the first examples, and the most confidently wrong ones."""
+  """The 5x5 grid of the first examples, and the most confidently wrong ones (images only:
+  none for token sequences)."""
   from bigjax.outputs import plots
+  if images.ndim != 4:
+    return []
   predicted = probabilities.argmax(-1)
   confidence = probabilities.max(-1)
   shown = plots.displayable(images[:GRID_SIZE], stats)

@@ -52,6 +52,15 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   if not isinstance(steps_per_call, int) or steps_per_call < 1:
     raise ConfigError(f"config.train.steps_per_call={steps_per_call!r}: use a whole number "
                       ">= 1 (train steps per compiled call; 1 = one step per call).")
+  vocab = config.model.get("vocab_size")
+  if vocab and data.is_tokens:
+    top = max([int(np.max(np.asarray(split.images))) for split in data.splits().values()
+               if len(split) and not isinstance(split.images, LazyImages)] or [0])
+    if top >= vocab:
+      raise ConfigError(
+          f"The data holds token ids up to {top}, but the model's vocabulary is "
+          f"config.model.vocab_size={vocab}: set it to {top + 1} or more (the tokenizer's "
+          "vocabulary size), or use the tokenizer the model was trained with.")
   num_classes = config.model.get("num_classes")
   if num_classes is None:
     return

@@ -1,0 +1,170 @@
+"""Text classification data: labelled texts as token sequences [N, seq_len] with their class.
+
+Where the texts come from (`config.data.path`):
+  a .csv / .tsv file     columns `text_column` and `label_column` (header row)
+  a .jsonl file          one object per line with those two keys
+  a folder of folders    <class>/*.txt, one text per file
+  a folder of files      <class> files holding many texts, split at lines equal to
+                         `record_separator` (Debian's fortunes: "%"); `categories` picks some
+
+Tokens: `tokenizer="bytes"` (no setup) is UTF-8 bytes shifted past four special ids,
+[PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3 (vocabulary 260), each text as [CLS] bytes... [SEP];
+or the path of a Hugging Face `tokenizer.json` (the `tokenizers` library: WordPiece, BPE,
+SentencePiece-style), whose own [CLS]/[SEP] template applies. Texts longer than `seq_len`
+are cut (the log counts them) and shorter ones padded with the pad id; the models mask the
+padding. Tokenization happens once, when the data is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging as py_logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from bigjax.registry import ConfigError
+
+logging = py_logging.getLogger(__name__)
+
+PAD, CLS, SEP, MASK = 0, 1, 2, 3
+BYTE_OFFSET = 4
+BYTE_VOCAB = 256 + BYTE_OFFSET
+
+
+def read_texts(path: str, text_column: str = "text", label_column: str = "label",
+               record_separator: str = "%", categories: Sequence[str] = ()
+               ) -> tuple[list[str], list[str]]:
+  """(texts, their class names) from a file or folder (the module's docstring)."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(path):
+    if path.endswith(".jsonl"):
+      return _read_jsonl(path, text_column, label_column)
+    if path.endswith((".csv", ".tsv")):
+      return _read_table(path, text_column, label_column)
+    raise ConfigError(f"{path}: give a .csv, .tsv or .jsonl file, or a folder (one "
+                      "subfolder or file per class).")
+  if not os.path.isdir(path):
+    raise ConfigError(f"config.data.path={path!r}: no such file or folder of labelled texts.")
+  entries = sorted(e for e in os.listdir(path) if not e.startswith(".")
+                   and not e.endswith((".dat", ".u8")))  # (fortune's index files)
+  if categories:
+    missing = sorted(set(categories) - set(entries))
+    if missing:
+      raise ConfigError(f"config.data.categories names {missing}, which {path} lacks; it "
+                        f"has {entries[:30]}.")
+    entries = list(categories)
+  texts, labels = [], []
+  for entry in entries:
+    full = os.path.join(path, entry)
+    if os.path.isdir(full):
+      records = [_read(os.path.join(full, f)) for f in sorted(os.listdir(full))
+                 if os.path.isfile(os.path.join(full, f))]
+    else:
+      lines = _read(full).split("\n")
+      records, current = [], []
+      for line in lines:
+        if line.strip() == record_separator:
+          records.append("\n".join(current))
+          current = []
+        else:
+          current.append(line)
+      records.append("\n".join(current))
+    records = [r.strip() for r in records if r.strip()]
+    texts += records
+    labels += [entry] * len(records)
+  return texts, labels
+
+
+def _read(path: str) -> str:
+  with open(path, "rb") as f:
+    return f.read().decode("utf-8", errors="replace")
+
+
+def _read_jsonl(path, text_column, label_column):
+  texts, labels = [], []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      _check_columns(row, path, number, text_column, label_column)
+      texts.append(str(row[text_column]))
+      labels.append(str(row[label_column]))
+  return texts, labels
+
+
+def _read_table(path, text_column, label_column):
+  texts, labels = [], []
+  with open(path, encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+    for number, row in enumerate(reader, 2):
+      _check_columns(row, path, number, text_column, label_column)
+      texts.append(row[text_column])
+      labels.append(row[label_column])
+  return texts, labels
+
+
+def _check_columns(row: Mapping[str, Any], path: str, number: int, text_column: str,
+                   label_column: str) -> None:
+  missing = [c for c in (text_column, label_column) if c not in row]
+  if missing:
+    raise ConfigError(
+        f"{path}, line {number}: no column {missing} (it has {sorted(row)}). Set "
+        "config.data.text_column and config.data.label_column to the right names.")
+
+
+class ByteTokenizer:
+  """UTF-8 bytes past the four special ids; the zero-setup default."""
+  vocab_size, pad_id = BYTE_VOCAB, PAD
+
+  def encode(self, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, int]:
+    out = np.full((len(texts), seq_len), PAD, np.int32)
+    cut = 0
+    for i, text in enumerate(texts):
+      ids = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + BYTE_OFFSET
+      body = seq_len - 2
+      cut += len(ids) > body
+      row = np.concatenate([[CLS], ids[:body], [SEP]])
+      out[i, :len(row)] = row
+    return out, cut
+
+
+class FileTokenizer:
+  """A Hugging Face tokenizer.json, through the `tokenizers` library."""
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer
+    if not os.path.isfile(path):
+      raise ConfigError(f"config.data.tokenizer={path!r}: no such tokenizer.json (or use "
+                        '"bytes").')
+    self.tokenizer = Tokenizer.from_file(path)
+    self.vocab_size = self.tokenizer.get_vocab_size()
+    pad = next((t for t in ("[PAD]", "<pad>", "<|endoftext|>")
+                if self.tokenizer.token_to_id(t) is not None), None)
+    self.pad_id = self.tokenizer.token_to_id(pad) if pad else 0
+
+  def encode(self, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, int]:
+    encoded = self.tokenizer.encode_batch(list(texts))
+    out = np.full((len(texts), seq_len), self.pad_id, np.int32)
+    cut = 0
+    for i, item in enumerate(encoded):
+      cut += len(item.ids) > seq_len
+      ids = item.ids[:seq_len]
+      out[i, :len(ids)] = ids
+    return out, cut
+
+
+def tokenizer_for(spec: str):
+  return ByteTokenizer() if spec in ("", "bytes") else FileTokenizer(os.path.expanduser(spec))
+
+
+def tokenize(texts: Sequence[str], spec: str, seq_len: int) -> np.ndarray:
+  """int32 tokens [N, seq_len]; logs how many texts were cut."""
+  tokens, cut = tokenizer_for(spec).encode(texts, seq_len)
+  if cut:
+    logging.info("%d of %d texts are longer than seq_len=%d tokens and were cut", cut,
+                 len(texts), seq_len)
+  return tokens

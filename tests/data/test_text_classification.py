@@ -1,0 +1,93 @@
+"""Labelled texts from CSV/TSV/JSONL files and folders, tokenized once into [N, seq_len]."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bigjax.data import sources
+from bigjax.data import text_classification as tc
+from bigjax.registry import ConfigError
+
+
+def test_every_layout_reads_the_same_texts_and_labels(tmp_path):
+  rows = [("a cat sat", "pets"), ("stocks fell, again", "money"), ("a dog ran", "pets")]
+  with open(tmp_path / "d.csv", "w") as f:
+    f.write("body,topic\n" + "".join(f'"{t}",{c}\n' for t, c in rows))
+  with open(tmp_path / "d.tsv", "w") as f:
+    f.write("body\ttopic\n" + "".join(f"{t}\t{c}\n" for t, c in rows))
+  with open(tmp_path / "d.jsonl", "w") as f:
+    f.write("".join(json.dumps({"body": t, "topic": c}) + "\n" for t, c in rows))
+  for c in ("pets", "money"):
+    (tmp_path / "folders" / c).mkdir(parents=True)
+  for i, (t, c) in enumerate(rows):
+    (tmp_path / "folders" / c / f"{i}.txt").write_text(t)
+  (tmp_path / "records").mkdir()
+  (tmp_path / "records" / "pets").write_text("a cat sat\n%\na dog ran\n%\n")
+  (tmp_path / "records" / "money").write_text("stocks fell, again\n")
+  (tmp_path / "records" / "pets.dat").write_bytes(b"\x00index")  # fortune's: skipped
+  expected = sorted(rows)
+  for name in ("d.csv", "d.tsv", "d.jsonl"):
+    texts, labels = tc.read_texts(str(tmp_path / name), "body", "topic")
+    assert sorted(zip(texts, labels)) == expected, name
+  for name in ("folders", "records"):
+    texts, labels = tc.read_texts(str(tmp_path / name))
+    assert sorted(zip(texts, labels)) == expected, name
+  texts, labels = tc.read_texts(str(tmp_path / "records"), categories=("pets",))
+  assert labels == ["pets", "pets"]
+
+
+def test_bad_layouts_are_one_line(tmp_path):
+  (tmp_path / "d.csv").write_text("text,label\nhello,a\n")
+  with pytest.raises(ConfigError, match=r"d.csv, line 2: no column \['topic'\].*label_column"):
+    tc.read_texts(str(tmp_path / "d.csv"), "text", "topic")
+  with pytest.raises(ConfigError, match="categories names \\['nope'\\]"):
+    tc.read_texts(str(tmp_path), categories=("nope",))
+  with pytest.raises(ConfigError, match="no such file or folder"):
+    tc.read_texts(str(tmp_path / "missing"))
+
+
+def test_byte_tokens_start_with_cls_end_with_sep_and_pad_and_cuts_are_counted(caplog):
+  with caplog.at_level("INFO"):
+    tokens = tc.tokenize(["ab", "é", "x" * 20], "bytes", 8)
+  assert tokens.dtype == np.int32 and tokens.shape == (3, 8)
+  off = tc.BYTE_OFFSET
+  assert tokens[0].tolist() == [tc.CLS, ord("a") + off, ord("b") + off, tc.SEP, 0, 0, 0, 0]
+  assert tokens[1, 1:3].tolist() == [0xC3 + off, 0xA9 + off]  # UTF-8 bytes of "é"
+  assert tokens[2, -1] == tc.SEP and (tokens[2, 1:-1] == ord("x") + off).all()
+  assert "1 of 3 texts are longer than seq_len=8 tokens and were cut" in caplog.text
+
+
+def test_a_hugging_face_tokenizer_json_is_used_as_is(tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+  tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.train_from_iterator(["the cat sat on the mat", "the dog ran"] * 20,
+                                trainers.WordPieceTrainer(
+                                    vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]",
+                                                                   "[SEP]", "[MASK]"]))
+  cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  path = str(tmp_path / "tokenizer.json")
+  tokenizer.save(path)
+  tokens = tc.tokenize(["the cat sat", "the dog"], path, 6)
+  assert tokens[0].tolist() == tokenizer.encode("the cat sat").ids + [0]
+  assert tokens[1].tolist() == tokenizer.encode("the dog").ids + [0, 0]
+  with pytest.raises(ConfigError, match="no such tokenizer.json"):
+    tc.tokenize(["x"], str(tmp_path / "nope.json"), 6)
+
+
+def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
+  (tmp_path / "c").mkdir()
+  for name, n in (("ham", 30), ("spam", 20)):
+    (tmp_path / "c" / name).write_text("\n%\n".join(f"{name} {i}" for i in range(n)))
+  config = {"path": str(tmp_path / "c"), "split_seed": 0, "test_fraction": 0.2, "seq_len": 8}
+  raw = sources.SOURCES.get("text_classification")(config)
+  again = sources.SOURCES.get("text_classification")(config)
+  assert raw.class_names == ["ham", "spam"] and raw.pixel_max == 0.0
+  assert raw.train_images.shape == (40, 8) and raw.test_images.shape == (10, 8)
+  np.testing.assert_array_equal(raw.test_images, again.test_images)  # fixed by split_seed
+  assert set(raw.train_labels.tolist()) == {0, 1}

@@ -1,0 +1,49 @@
+"""A BERT-style encoder classifies texts end to end (configs/fortunes_bert.py's recipe, on a
+small corpus made here so no package is needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bigjax import train
+from bigjax.registry import ConfigError
+from configs import fortunes_bert
+
+
+def _corpus(tmp_path):
+  """Two categories whose texts differ in vocabulary: learnable in one short run."""
+  rng = np.random.default_rng(0)
+  words = {"space": ["orbit", "rocket", "planet", "star", "moon"],
+           "kitchen": ["bread", "butter", "spoon", "soup", "salt"]}
+  folder = tmp_path / "texts"
+  folder.mkdir()
+  for name, vocabulary in words.items():
+    texts = [" ".join(rng.choice(vocabulary, 6)) for _ in range(150)]
+    (folder / name).write_text("\n%\n".join(texts))
+  return folder
+
+
+def _config(tmp_path, **overrides):
+  config = fortunes_bert.get_config("small")
+  with config.unlocked():
+    config.data.path = str(_corpus(tmp_path))
+    config.data.categories = ("space", "kitchen")
+    config.model.num_classes = 2
+    config.train.num_epochs = 12
+    config.report.update(plots=False, html=False, tensorboard=False)
+    config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.mark.slow
+def test_a_small_bert_learns_to_classify_texts(tmp_path):
+  results = train.run(_config(tmp_path), str(tmp_path / "run"))
+  assert results["test_accuracy"] >= 0.95, results["test_accuracy"]  # chance: 0.5
+  assert results["metrics"]["test"]["count"] == 60
+
+
+def test_a_vocabulary_smaller_than_the_tokens_is_one_line(tmp_path):
+  with pytest.raises(ConfigError, match=r"token ids up to \d+, but the model's vocabulary is "
+                     r"config.model.vocab_size=100"):
+    train.run(_config(tmp_path, **{"model.vocab_size": 100}), str(tmp_path / "run"))
