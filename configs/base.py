@@ -90,6 +90,10 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
           translate=0.0,         # shift by up to this fraction of height and width
           cutout_size=0,         # zero one random N x N square (random erasing)
           mixup_alpha=0.0,       # mix pairs with Beta(a, a) weights; labels become soft
+          # Token inputs: BERT's masked-LM (labels become the chosen tokens, -1 elsewhere;
+          # loss masked_token_cross_entropy): the fraction chosen, the [MASK] id, and the
+          # first id that may be chosen (below it: padding and [CLS]/[SEP]).
+          mlm_probability=0.0, mlm_mask_id=3, mlm_first_regular_id=4,
       ),
   )
   config.loss = dict(

@@ -81,6 +81,20 @@ def token_cross_entropy(logits_BxTxV: jax.Array, batch: dict) -> jax.Array:
   return per_token.mean(axis=tuple(range(1, per_token.ndim)))
 
 
+@register_loss("masked_token_cross_entropy")
+def masked_token_cross_entropy(logits_BxTxV: jax.Array, batch: dict) -> jax.Array:
+  """Masked-LM: cross-entropy at the positions whose label is a token (>= 0), averaged per
+  sequence over those; labels of -1 (every other position; data.augment.mlm_probability
+  sets them) are skipped. A sequence with no masked position contributes 0."""
+  labels = batch["label"]
+  chosen = labels >= 0
+  per_token = _integer_label_cross_entropy(logits_BxTxV.astype(jnp.float32),
+                                           jnp.where(chosen, labels, 0))
+  per_token = jnp.where(chosen, per_token, 0.0)
+  axes = tuple(range(1, per_token.ndim))
+  return per_token.sum(axes) / jnp.maximum(chosen.sum(axes), 1)
+
+
 @register_loss("sigmoid_binary_cross_entropy")
 def sigmoid_binary_cross_entropy(logits_BxC: jax.Array, batch: dict) -> jax.Array:
   """Multi-label: independent sigmoid cross-entropy per class, averaged over classes."""

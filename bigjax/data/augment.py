@@ -21,7 +21,27 @@ import jax.numpy as jnp
 from bigjax.registry import ConfigError
 
 DEFAULTS = dict(crop_padding=0, flip_lr=False, flip_ud=False, rotate_degrees=0.0, scale=0.0,
-                translate=0.0, cutout_size=0, mixup_alpha=0.0)
+                translate=0.0, cutout_size=0, mixup_alpha=0.0,
+                # Masked-LM (token inputs): this fraction of regular tokens is chosen; of
+                # those 80% become mlm_mask_id, 10% a random regular token, 10% stay.
+                mlm_probability=0.0, mlm_mask_id=3, mlm_first_regular_id=4)
+IMAGE_OPTIONS = ("crop_padding", "flip_lr", "flip_ud", "rotate_degrees", "scale", "translate",
+                 "cutout_size", "mixup_alpha")
+IGNORE = -1  # the label of a position the masked-LM loss skips
+
+
+def mask_tokens(tokens: jax.Array, key: jax.Array, probability: float, mask_id: int,
+                first_regular_id: int, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+  """BERT's masking (Devlin et al. 2019): (inputs, labels). Each regular token (id >=
+  first_regular_id: never padding or [CLS]/[SEP]) is chosen with `probability`; a chosen one
+  becomes mask_id (80%), a random regular token (10%) or itself (10%), and its label is the
+  original token; every other label is IGNORE."""
+  u = jax.random.uniform(key, (3 * tokens.size,)).reshape(3, *tokens.shape)  # one flat draw
+  chosen = (u[0] < probability) & (tokens >= first_regular_id)
+  random_ids = first_regular_id + _below(u[2], vocab_size - first_regular_id)
+  inputs = jnp.where(chosen & (u[1] < 0.8), mask_id,
+                     jnp.where(chosen & (u[1] >= 0.9), random_ids, tokens))
+  return inputs.astype(tokens.dtype), jnp.where(chosen, tokens, IGNORE).astype(jnp.int32)
 
 
 def flip_lr(image: jax.Array) -> jax.Array:
@@ -86,6 +106,9 @@ def check(options: Mapping[str, Any]) -> dict:
   for name in ("crop_padding", "cutout_size"):
     if int(opts[name]) < 0:
       raise ConfigError(f"config.data.augment.{name} must be >= 0; got {opts[name]}.")
+  if not 0.0 <= float(opts["mlm_probability"]) < 1.0:
+    raise ConfigError("config.data.augment.mlm_probability must be in [0, 1) (BERT: 0.15); "
+                      f"got {opts['mlm_probability']}.")
   for name in ("rotate_degrees", "translate", "mixup_alpha"):
     if float(opts[name]) < 0:
       raise ConfigError(f"config.data.augment.{name} must be >= 0; got {opts[name]}.")
@@ -96,7 +119,8 @@ def check(options: Mapping[str, Any]) -> dict:
 
 
 def is_active(options: Mapping[str, Any] | None) -> bool:
-  return bool(options) and any(bool(v) for v in check(options).values())
+  return bool(options) and (any(bool(check(options)[k]) for k in IMAGE_OPTIONS)
+                            or bool(check(options)["mlm_probability"]))
 
 
 # What each image's transforms draw, one uniform [0, 1) number each.
@@ -123,13 +147,32 @@ def _symmetric(u: jax.Array) -> jax.Array:
   return 2.0 * u - 1.0
 
 
-def make_augmenter(options: Mapping[str, Any] | None,
-                   num_classes: int | None) -> Callable[[dict, jax.Array], dict] | None:
+def make_augmenter(options: Mapping[str, Any] | None, num_classes: int | None,
+                   vocab_size: int | None = None,
+                   tokens: bool = False) -> Callable[[dict, jax.Array], dict] | None:
   """A pure `augment(batch, key) -> batch` for `config.data.augment`, or None if all off.
-  `num_classes` is needed for mixup (labels become soft [B, C])."""
+  `num_classes` is needed for mixup (labels become soft [B, C]); `vocab_size` for masked-LM
+  (its random tokens), which `tokens` data alone takes."""
   if not is_active(options):
     return None
   opts = check(options)
+  image_options = [k for k in IMAGE_OPTIONS if opts[k]]
+  if tokens and image_options:
+    raise ConfigError(f"config.data.augment.{image_options[0]} is for images; this data is "
+                      "token sequences (mlm_probability is their augmentation).")
+  if opts["mlm_probability"]:
+    if not tokens or not vocab_size:
+      raise ConfigError("config.data.augment.mlm_probability needs token inputs and a model "
+                        "with config.model.vocab_size (e.g. a BERT with head='mlm').")
+    probability, mask_id = float(opts["mlm_probability"]), int(opts["mlm_mask_id"])
+    first = int(opts["mlm_first_regular_id"])
+
+    def mask(batch: dict, key: jax.Array) -> dict:
+      inputs, labels = mask_tokens(batch["image"], key, probability, mask_id, first,
+                                   int(vocab_size))
+      return dict(batch, image=inputs, label=labels)
+
+    return mask
   if opts["mixup_alpha"] and not num_classes:
     raise ConfigError("config.data.augment.mixup_alpha needs class labels; this run has "
                       "regression targets or no class outputs. Set it to 0.")

@@ -107,6 +107,10 @@ class BERT(nn.Module):
   head: str = "classification"     # classification | token_classification | mlm | none
   num_classes: int = 2
   pooler: bool = True              # (classification needs it; mlm has none, as HF's)
+  # What the pooler reads: "cls", the first token (BERT's; its pre-training's next-sentence
+  # task trains it), or "mean", the mean of the non-padding tokens (more robust after a
+  # masked-LM pre-training alone, which never asks the first token for anything).
+  pool: str = "cls"
 
   HEADS = ("classification", "token_classification", "mlm", "none")
 
@@ -150,7 +154,14 @@ class BERT(nn.Module):
       return embed.attend(y) + bias
     pooled = None
     if self.pooler:
-      pooled = jnp.tanh(nn.Dense(self.hidden_size, kernel_init=init, name="pooler")(x[:, 0]))
+      if self.pool not in ("cls", "mean"):
+        raise ValueError(f'BERT pool "{self.pool}": use "cls" or "mean".')
+      if self.pool == "cls":
+        summary = x[:, 0]
+      else:
+        weights = mask[..., None].astype(x.dtype)
+        summary = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
+      pooled = jnp.tanh(nn.Dense(self.hidden_size, kernel_init=init, name="pooler")(summary))
     if self.head == "none":
       return x
     drop = Dropout(self.dropout_rate, deterministic=not train)

@@ -211,7 +211,8 @@ class Programs:
         variables, self.train_rng)
     self.state_shardings = parallel.state_shardings(state_shapes, self.mesh, config.parallel)
     self.augment = augment_lib.make_augmenter(
-        config.data.augment, self.num_outputs if self.classifies else None)
+        config.data.augment, self.num_outputs if self.classifies else None,
+        vocab_size=config.model.get("vocab_size"), tokens=self.data.is_tokens)
     self.metric_names = metrics_lib.parse_names(config.eval.metrics)
     step_options = dict(grad_accum_steps=config.train.grad_accum_steps,
                         update_model_state=not config.finetune.freeze_batch_stats,

@@ -148,3 +148,34 @@ def test_augmented_run_resumes_exactly_and_still_learns(tmp_path):
   assert resumed["resumed_from_step"] > 0
   assert resumed["test_loss"] == straight["test_loss"]
   assert straight["test_accuracy"] > 0.5, straight  # measured 0.71 (chance 0.1), 2 epochs
+
+
+def test_masked_lm_chooses_15_percent_of_regular_tokens_80_10_10():
+  from bigjax.data.augment import IGNORE, mask_tokens
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(4, 260, (64, 128)), jnp.int32)
+  tokens = tokens.at[:, 0].set(1).at[:, -8:].set(0)  # [CLS] and padding: never chosen
+  inputs, labels = mask_tokens(tokens, jax.random.PRNGKey(0), 0.15, 3, 4, 260)
+  inputs, labels, tokens = map(np.asarray, (inputs, labels, tokens))
+  chosen = labels != IGNORE
+  regular = tokens >= 4
+  assert not chosen[~regular].any() and (inputs[~regular] == tokens[~regular]).all()
+  assert abs(chosen.sum() / regular.sum() - 0.15) < 0.01
+  np.testing.assert_array_equal(labels[chosen], tokens[chosen])
+  masked = (inputs == 3)[chosen].mean()
+  kept = (inputs == tokens)[chosen].mean()  # (a random token equal to the original: rare)
+  assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.03, (masked, kept)
+  assert (inputs[chosen & (inputs != 3)] >= 4).all()
+  assert (inputs[~chosen] == tokens[~chosen]).all()
+  again = mask_tokens(jnp.asarray(tokens), jax.random.PRNGKey(0), 0.15, 3, 4, 260)
+  np.testing.assert_array_equal(np.asarray(again[1]), labels)  # a function of the key
+
+
+def test_masked_token_cross_entropy_counts_only_chosen_positions():
+  from bigjax.core import losses
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7))
+  labels = jnp.array([[-1, 3, -1, 6, -1], [-1, -1, -1, -1, -1]])
+  out = losses.build_loss({"name": "masked_token_cross_entropy"})(logits, {"label": labels})
+  log_p = jax.nn.log_softmax(logits)
+  expected = -(log_p[0, 1, 3] + log_p[0, 3, 6]) / 2
+  np.testing.assert_allclose(out, [expected, 0.0], rtol=1e-6)

@@ -17,7 +17,7 @@ def _corpus(tmp_path):
   words = {"space": ["orbit", "rocket", "planet", "star", "moon"],
            "kitchen": ["bread", "butter", "spoon", "soup", "salt"]}
   folder = tmp_path / "texts"
-  folder.mkdir()
+  folder.mkdir(exist_ok=True)
   for name, vocabulary in words.items():
     texts = [" ".join(rng.choice(vocabulary, 6)) for _ in range(150)]
     (folder / name).write_text("\n%\n".join(texts))
@@ -47,3 +47,28 @@ def test_a_vocabulary_smaller_than_the_tokens_is_one_line(tmp_path):
   with pytest.raises(ConfigError, match=r"token ids up to \d+, but the model's vocabulary is "
                      r"config.model.vocab_size=100"):
     train.run(_config(tmp_path, **{"model.vocab_size": 100}), str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_masked_lm_pre_training_then_fine_tuning(tmp_path):
+  """The mlm variant learns to fill in masked bytes (its loss falls well below the uniform
+  guess over 260 tokens), and its encoder loads into a classifier, whose new pooler and
+  classifier are re-initialised."""
+  import json
+  config = fortunes_bert.get_config("mlm,small")
+  with config.unlocked():
+    config.data.path = str(_corpus(tmp_path))
+    config.train.num_epochs = 30
+    config.optimizer.learning_rate = 3e-3
+    config.report.update(plots=False, html=False, tensorboard=False)
+  pretrained = tmp_path / "mlm"
+  train.run(config, str(pretrained))
+  rows = [json.loads(line) for line in open(pretrained / "metrics.jsonl")]
+  losses = [r["loss"] for r in rows if r["split"] == "train"]
+  assert losses[0] > 4.5 and losses[-1] < 2.5, losses  # ln 260 = 5.56
+  tuned = train.run(_config(tmp_path, **{"init_from.path": str(pretrained),
+                                         "init_from.skip": "^(mlm_|pooler|classifier)"}),
+                    str(tmp_path / "tuned"))
+  table = (tmp_path / "tuned" / "init_from.txt").read_text()
+  assert "classifier/kernel" in table and "missing" not in table
+  assert tuned["test_accuracy"] >= 0.95
