@@ -340,7 +340,7 @@ def test_config_key_typo_fails_with_did_you_mean(tmp_path):
 
 def test_unknown_names_list_the_known_ones(tmp_path):
   for group, key, value, known in [("data", "source", "idxx",
-                                   "arrays, diabetes, digits, folder, idx, text, tfds"),
+                                   "arrays, diabetes, digits, folder, idx, text, text_classification, tfds"),
                                    ("loss", "name", "hinge_loss",
                                     "mean_absolute_error, mean_squared_error, multiclass_hinge, "
                                     "reconstruction_mse, sigmoid_binary_cross_entropy, "
