@@ -26,6 +26,7 @@ import os
 import time
 from typing import Any, Sequence
 
+import flax
 import jax
 
 from bigjax.core import metrics as metrics_lib
@@ -135,6 +136,12 @@ class Checkpoints(Hook):
     # When the last epoch-end save was (from the start: a crash loses at most the interval).
     self._last_epoch_save = time.monotonic()
     self._pending_best: list = []  # [(step, epoch, state copy, best)] not yet written
+
+  def start(self, run, state) -> None:
+    # Compiles the integrity record's checksums now, not at the first save (which may fall
+    # in a later epoch, where WatchCompiles would take it for a retrace).
+    checkpoint.integrity_record(flax.serialization.to_state_dict(
+        run.programs.to_logical(state)))
 
   def _write_pending_best(self) -> None:
     for step, epoch, state, best in self._pending_best:

@@ -113,6 +113,18 @@ def test_nothing_compiles_after_the_first_epoch(variant, tmp_path):
   assert compiles[1:] == [0, 0, 0], compiles
 
 
+def test_a_first_save_after_the_first_epoch_compiles_nothing_new(tmp_path):
+  """The checkpoints' integrity record compiles before the loop: a run whose first epoch-end
+  save is skipped (min_interval_seconds) still compiles nothing in its later epochs."""
+  config = digits.get_config()
+  with config.unlocked():
+    config.train.num_epochs = 3
+    config.checkpoint.update(min_interval_seconds=1e9, best_metric="")
+    config.report.update(plots=False, html=False, tensorboard=False)
+  results = train.run(config, str(tmp_path))
+  assert results["compilations_per_epoch"][1:] == [0, 0], results["compilations_per_epoch"]
+
+
 def test_compile_counter_counts_compilations_not_cached_calls():
   from bigjax.training.compilation import CompileCounter
   f = jax.jit(lambda x: x * 3 + 1)
