@@ -151,6 +151,7 @@ def test_class_names_with_dollar_signs_draw_as_written(tmp_path):
   assert plots.plain("$5") == r"\$5"
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_is_warned_about(tmp_path, caplog):
   with caplog.at_level("WARNING"):
     train.run(_digits(**{"optimizer.learning_rate": 1e6, "train.num_epochs": 1}),

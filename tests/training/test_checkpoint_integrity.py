@@ -22,6 +22,8 @@ from bigjax.training.programs import Programs
 from conftest import REPO_ROOT
 from configs import digits
 
+pytestmark = pytest.mark.slow  # (whole runs, damaged and resumed)
+
 
 def _config(**overrides):
   config = digits.get_config()
@@ -100,7 +102,6 @@ def test_every_array_is_recorded_and_a_flipped_bit_is_caught_in_every_mode(finis
   _leaves_equal(params, intact_previous.params)
 
 
-@pytest.mark.slow
 def test_training_resumes_from_the_newest_intact_checkpoint_and_quarantines_the_damaged(
     finished, tmp_path):
   workdir = _copy(finished, tmp_path)
@@ -144,7 +145,6 @@ def test_unreadable_metadata_falls_back_and_a_permission_error_is_not_damage(
   assert not os.path.exists(os.path.join(workdir, "checkpoints_damaged"))
 
 
-@pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_no_run_restarts_silently(finished, tmp_path):
   workdir = _copy(finished, tmp_path)
   for step in checkpoint.list_steps(workdir):
@@ -252,7 +252,6 @@ def test_a_disk_too_full_for_the_next_save_stops_with_one_line_and_loses_nothing
   assert results["resumed_from_step"] == steps[-1] and results["steps"] == 120
 
 
-@pytest.mark.slow
 def test_a_real_full_disk_is_one_line(tmp_path):
   small = tmp_path / "small"
   small.mkdir()
