@@ -119,8 +119,10 @@ def check(options: Mapping[str, Any]) -> dict:
 
 
 def is_active(options: Mapping[str, Any] | None) -> bool:
-  return bool(options) and (any(bool(check(options)[k]) for k in IMAGE_OPTIONS)
-                            or bool(check(options)["mlm_probability"]))
+  if not options:
+    return False
+  opts = check(options)  # (mlm_mask_id and mlm_first_regular_id alone turn nothing on)
+  return any(bool(opts[k]) for k in (*IMAGE_OPTIONS, "mlm_probability"))
 
 
 # What each image's transforms draw, one uniform [0, 1) number each.
