@@ -89,6 +89,11 @@ def load_idx_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.ndim == 3:
     images = images[..., None]
+  if labels.ndim != 1:
+    raise IdxFormatError(
+        f"{labels_path} holds an array of shape {labels.shape}, but a labels file holds one "
+        f"integer per image (shape [N]): is it an images file under a labels file's name? "
+        f"Copy the {split} labels file there again.")
   if len(images) != len(labels):
     raise IdxFormatError(
         f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels.")

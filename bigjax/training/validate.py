@@ -73,6 +73,11 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   for name, split in data.splits().items():
     if len(split) == 0:
       raise ConfigError(f"The {name} split is empty; check config.data.")
+    if np.ndim(split.labels) != 1:
+      raise ConfigError(
+          f"The {name} split's labels have shape {np.shape(split.labels)}, but a classifier "
+          "needs one integer label per example (shape [N]): were images given as labels? "
+          "Check which array config.data names as the labels.")
     lo, hi = int(split.labels.min()), int(split.labels.max())
     if lo < 0:
       raise ConfigError(

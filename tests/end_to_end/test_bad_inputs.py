@@ -123,6 +123,34 @@ def test_a_damaged_gzip_idx_file_is_named(tmp_path):
     idx.read_idx(str(path))
 
 
+def _idx_bytes(array: np.ndarray) -> bytes:
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  return header + array.astype(np.uint8).tobytes()
+
+
+def test_an_images_file_given_as_labels_is_named_not_taken_for_256_classes(tmp_path):
+  images_file = _idx_bytes(np.random.default_rng(0).integers(0, 256, (20, 4, 4)))
+  (tmp_path / "train-images-idx3-ubyte").write_bytes(images_file)
+  (tmp_path / "train-labels-idx1-ubyte").write_bytes(images_file)  # the wrong file
+  with pytest.raises(idx.IdxFormatError, match=r"shape \(20, 4, 4\).*an images file under a "
+                     "labels file's name"):
+    idx.load_idx_split(str(tmp_path), "train")
+  (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(20) % 3))
+  images, labels = idx.load_idx_split(str(tmp_path), "train")
+  assert images.shape == (20, 4, 4, 1) and labels.tolist() == (np.arange(20) % 3).tolist()
+  # Any source: labels of the wrong shape are named before "Set num_classes=256".
+  from bigjax.data import pipeline, sources
+  from bigjax.training import validate
+  rng = np.random.default_rng(0)
+  pictures = rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
+  raw = sources.RawData(pictures, pictures, pictures[:10], pictures[:10], 255.0,
+                        [str(i) for i in range(10)])
+  config = _digits(**{"model.num_classes": 10})
+  with pytest.raises(ConfigError, match=r"labels have shape \(\d+, 8, 8, 1\).*images given "
+                     "as labels"):
+    validate.check_data(config, pipeline.prepare(raw, config.data))
+
+
 def test_a_folder_mixing_grayscale_and_colour_is_read_as_its_majority(tmp_path, caplog):
   from PIL import Image
   for name, mode, count in (("a", "RGB", 3), ("b", "L", 1)):
