@@ -77,7 +77,7 @@ class Run:
     self.seq_len = int(programs.data.train.images.shape[1]) if is_lm else None
     self.progress = Progress(loop.total_steps, programs.batch_size,
                              tokens_per_example=self.seq_len)
-    self.first_loss, self.warned_divergence = None, False
+    self.warned_divergence = False
 
   def record(self, split: str, values: dict, **extra) -> None:
     """A row of metrics: metrics.jsonl, then every hook's on_metrics."""
@@ -102,13 +102,13 @@ class Run:
       raise FloatingPointError(
           f"Training loss became {row['loss']} by step {last_step}. Lower "
           "--config.optimizer.learning_rate, or check the data for NaNs/Infs.")
-    if self.first_loss is None:  # the first step's loss: before any update moved it
-      self.first_loss = float(per_step["loss"][0])
-    if not self.warned_divergence and row["loss"] > DIVERGENCE * max(self.first_loss, 1e-3):
+    if loop.first_loss is None:  # the first step's loss: before any update moved it
+      loop.first_loss = float(per_step["loss"][0])
+    if not self.warned_divergence and row["loss"] > DIVERGENCE * max(loop.first_loss, 1e-3):
       self.warned_divergence = True
       logging.warning("training loss %.4g at step %d is over %dx its first value %.4g: the run "
                       "is diverging. Lower --config.optimizer.learning_rate (now %.3g).",
-                      row["loss"], last_step, DIVERGENCE, self.first_loss,
+                      row["loss"], last_step, DIVERGENCE, loop.first_loss,
                       row["learning_rate"])
     loop.latest["train"] = row
     self.record("train", row, epoch=loop.epoch + 1)
@@ -326,7 +326,8 @@ def _final_evaluation(run_: Run, state, final_splits: list[str]) -> tuple[dict, 
                    and (programs.classifies or programs.data.is_regression) else None)
   final, picture_outputs = {}, None
   for split in final_splits:
-    if loop.evaluated_at.get(split) == loop.step:  # already evaluated at this step
+    recorded = loop.evaluated_at.get(split) == loop.step  # its row is in metrics.jsonl
+    if recorded and split in loop.latest:  # evaluated at this step by this process
       final[split] = loop.latest[split]
       if split == picture_split:  # its outputs, from every process (collective)
         _, picture_outputs = programs.evaluate(state, split, with_outputs=True)
@@ -335,7 +336,8 @@ def _final_evaluation(run_: Run, state, final_splits: list[str]) -> tuple[dict, 
       final[split], picture_outputs = programs.evaluate(state, split, with_outputs=True)
     else:
       final[split] = programs.evaluate(state, split)
-    run_.record(split, final[split])
+    if not recorded:  # (a run resumed at its last step evaluates again, but logs once)
+      run_.record(split, final[split])
   return final, picture_outputs
 
 

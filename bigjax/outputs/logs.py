@@ -43,12 +43,15 @@ class MetricsLog:
       _trim_partial_line(path)
 
   def drop_after(self, step: int) -> None:
-    """Forgets rows after `step` (a resumed run writes them again from there)."""
+    """Forgets rows after `step`, and the final evaluation's rows at `step` (the rows without
+    an epoch): a run resumed from `step` writes them again."""
     if self.path is None or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = f.readlines()
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    rows = [json.loads(line) for line in lines]
+    kept = [line for line, row in zip(lines, rows) if row.get("step", 0) < step or (
+        row.get("step", 0) == step and "epoch" in row)]
     if len(kept) != len(lines):
       with open(self.path + ".tmp", "w") as f:
         f.writelines(kept)

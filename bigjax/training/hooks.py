@@ -156,7 +156,9 @@ class Checkpoints(Hook):
     loop = run.loop
     checkpoint.save(self.manager, loop.step, run.programs.to_logical(state), {
         "epoch": epoch, "metrics": {s: metrics_lib.scalars(loop.latest[s]) for s in loop.latest},
-        "early_stopping": loop.early_stopping, "best": loop.best, "stopped": stopped})
+        "early_stopping": loop.early_stopping, "best": loop.best, "stopped": stopped,
+        "first_loss": loop.first_loss, "unlogged_train": loop.unlogged_train(),
+        "evaluated_at": loop.evaluated_at})
 
   def after_step(self, run, state) -> None:
     loop = run.loop

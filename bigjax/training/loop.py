@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from bigjax import data as data_lib
 
@@ -37,6 +38,7 @@ class LoopState:
   early_stopping: dict | None = None
   stop_reason: str | None = None
   pending: list = dataclasses.field(default_factory=list)  # (step, device metrics) unfetched
+  first_loss: float | None = None  # the first step's loss (the divergence warning's yardstick)
   train_seconds: float = 0.0
   eval_seconds: float = 0.0
 
@@ -46,7 +48,13 @@ class LoopState:
     """At `step`, with what a checkpoint's metadata says (empty for a fresh start)."""
     loop = cls(step=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                epoch=step // steps_per_epoch, early_stopping=meta.get("early_stopping"),
-               best=meta.get("best"), stop_reason=meta.get("stopped"))
+               best=meta.get("best"), stop_reason=meta.get("stopped"),
+               first_loss=meta.get("first_loss"),
+               evaluated_at=dict(meta.get("evaluated_at") or {}))
+    unlogged = meta.get("unlogged_train")
+    if unlogged:  # the steps since the last train row, so the next row averages them too
+      loop.pending.append((step, {key: np.asarray(v["values"], v["dtype"])
+                                  for key, v in unlogged.items()}))
     if loop.stop_reason:
       logging.info("this run stopped at step %d (%s); not training further", step,
                    loop.stop_reason)
@@ -65,6 +73,18 @@ class LoopState:
   def advance(self, steps: int, step_metrics: Any) -> None:
     self.step += steps
     self.pending.append((self.step, step_metrics))
+
+  def unlogged_train(self) -> dict:
+    """The per-step metrics not yet in a train row, for a checkpoint's metadata: a run
+    resumed from it logs the same rows as one never stopped. (Fetched now and kept on the
+    host, so the next row does not fetch them again.)"""
+    if not self.pending:
+      return {}
+    fetched = jax.device_get([m for _, m in self.pending])
+    self.pending[:] = [(step, m) for (step, _), m in zip(self.pending, fetched)]
+    return {key: {"dtype": np.asarray(fetched[0][key]).dtype.name,
+                  "values": np.concatenate([np.ravel(m[key]) for m in fetched]).tolist()}
+            for key in fetched[0]}
 
 
 def train(run, state):

@@ -212,6 +212,37 @@ def test_a_partial_last_metrics_line_is_cut_and_rows_after_the_resume_are_droppe
   assert len(keys) == len(set(keys)), keys
 
 
+def _rows(workdir: str) -> list[dict]:
+  """metrics.jsonl without its clock readings."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [{k: v for k, v in row.items() if "second" not in k and "time" not in k}
+          for row in rows]
+
+
+def test_a_run_resumed_mid_epoch_logs_the_rows_of_a_run_never_stopped(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  for step in checkpoint.list_steps(workdir):
+    if step > 60:  # as if killed after step 60's save: 20 steps of epoch 2 not yet logged
+      shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  meta = checkpoint.read(workdir, 60, _target(_config()), None)[1]
+  assert len(meta["unlogged_train"]["loss"]["values"]) == 20 and meta["first_loss"] > 0
+  train.run(_config(), workdir)
+  resumed, never_stopped = _rows(workdir), _rows(str(finished[0]))
+  assert [r for r in resumed if r["split"] == "train"] == [
+      r for r in never_stopped if r["split"] == "train"]
+  assert resumed == never_stopped
+  final = checkpoint.read(workdir, 80, _target(_config()), None)[1]
+  assert final["metrics"] == checkpoint.read(str(finished[0]), 80, _target(_config()),
+                                             None)[1]["metrics"]
+
+
+def test_running_a_finished_run_again_repeats_no_row(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  train.run(_config(), workdir)  # (e.g. killed after its results, before it exited)
+  assert _rows(workdir) == _rows(str(finished[0]))
+
+
 def test_a_workdirs_config_json_names_no_code_unless_trusted(finished, tmp_path):
   workdir = _copy(finished, tmp_path)
   path = os.path.join(workdir, "config.json")
