@@ -61,6 +61,18 @@ MUTATIONS = (
              "targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]",
              "targets = targets",
              ("tests/core/test_losses.py",)),
+    Mutation("pmap keeps each device's own BatchNorm statistics", "bigjax/core/steps.py",
+             "      new_model_state = jax.lax.pmean(new_model_state, axis_name)\n", "",
+             ("tests/sharding/test_parallel.py::"
+              "test_pmap_averages_batch_norm_statistics_over_devices",)),
+    Mutation("a resumed run forgets the steps not yet logged", "bigjax/training/loop.py",
+             "    if unlogged:  # the steps since", "    if False:  # the steps since",
+             ("tests/training/test_checkpoint_integrity.py::"
+              "test_a_run_resumed_mid_epoch_logs_the_rows_of_a_run_never_stopped",)),
+    Mutation("a run resumed at its end logs its final rows again", "bigjax/train.py",
+             "    if not recorded:  # (a run resumed", "    if True:  # (a run resumed",
+             ("tests/training/test_checkpoint_integrity.py::"
+              "test_running_a_finished_run_again_repeats_no_row",)),
 )
 
 

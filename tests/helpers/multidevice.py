@@ -80,7 +80,7 @@ def main(root):
     out[f"resume_{name}"] = [resumed["resumed_from_step"], resumed["steps"]]
     # ...to the same parameters as 40 steps without the move (on the second's devices).
     straight_dir = os.path.join(root, name + "_straight")
-    train.run(then, straight_dir)
+    out[f"resume_{name}_straight_test_loss"] = train.run(then, straight_dir)["test_loss"]
     out[f"resume_{name}_vs_straight"] = max_diff(params_of(workdir)[1],
                                                  params_of(straight_dir)[1])
 
@@ -117,7 +117,57 @@ def main(root):
                                             init[name]["kernel"]) for name in params["one"]}
   out["bf16_kernel_moves"] = {name: max_diff(bf16_params[name]["kernel"],
                                              init[name]["kernel"]) for name in bf16_params}
+  out.update(pmap_batch_norm())
   print("RESULT " + json.dumps(out))
+
+
+def pmap_batch_norm() -> dict:
+  """One pmap'd train step of a BatchNorm model: each device normalises by its own share's
+  statistics, the running statistics are then averaged over devices (so every device holds
+  the same ones), and the gradient is the global batch's. The references are 8 one-device
+  steps, one per share."""
+  import flax.linen as nn
+  import optax
+  from bigjax.core import losses, steps
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      x = nn.Dense(16)(x.reshape(x.shape[0], -1))
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+      return nn.Dense(3)(nn.relu(x))
+
+  model, n = Net(), jax.device_count()
+  rng = np.random.default_rng(0)
+  # Each share has its own offset, so per-share statistics differ from the global batch's.
+  x = (rng.normal(size=(n, 4, 5)) + np.arange(n)[:, None, None]).astype(np.float32)
+  y = rng.integers(0, 3, size=(n, 4)).astype(np.int32)
+  variables = model.init(jax.random.key(0), x[0], train=False)
+  tx = optax.sgd(0.1)
+  state = steps.create_train_state(variables, tx, jax.random.PRNGKey(1))
+  loss_fn = losses.LOSSES.get("softmax_cross_entropy")
+  pmapped = jax.pmap(steps.make_train_step(model, loss_fn, tx, axis_name="batch"),
+                     axis_name="batch")
+  replicated = jax.tree.map(lambda a: np.broadcast_to(a, (n, *np.shape(a))), state)
+  new, _ = pmapped(replicated, {"image": x, "label": y})
+  one = jax.jit(steps.make_train_step(model, loss_fn, tx))
+  per_share = [one(state, {"image": x[i], "label": y[i]})[0] for i in range(n)]
+  stats = new.model_state["batch_stats"]
+  expected_stats = jax.tree.map(lambda *s: np.mean(s, axis=0),
+                                *[s.model_state["batch_stats"] for s in per_share])
+  # SGD: the global update is the mean of the shares' updates (equal weights per share).
+  expected_params = jax.tree.map(lambda *p: np.mean(p, axis=0),
+                                 *[s.params for s in per_share])
+  stats_leaves = jax.tree.leaves(stats)
+  return {
+      "bn_devices_agree": max(float(np.max(np.abs(leaf - leaf[0]))) for leaf in stats_leaves),
+      "bn_stats_vs_mean_of_shares": max_diff(jax.tree.map(lambda a: a[0], stats),
+                                             expected_stats),
+      "bn_stats_spread_of_shares": max_diff(per_share[0].model_state["batch_stats"],
+                                            expected_stats),
+      "bn_params_vs_mean_of_shares": max_diff(jax.tree.map(lambda a: a[0], new.params),
+                                              expected_params),
+  }
 
 
 if __name__ == "__main__":

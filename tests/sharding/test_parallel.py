@@ -46,6 +46,15 @@ def test_gradient_accumulation_under_pmap_equals_it_on_one_device(eight_devices)
 
 
 @pytest.mark.slow
+def test_pmap_averages_batch_norm_statistics_over_devices(eight_devices):
+  r = eight_devices
+  assert r["bn_devices_agree"] == 0.0  # every device holds the same running statistics
+  assert r["bn_stats_spread_of_shares"] > 0.1  # the shares' own statistics differ...
+  assert r["bn_stats_vs_mean_of_shares"] < 1e-5  # ...and pmap keeps their mean
+  assert r["bn_params_vs_mean_of_shares"] < 1e-5  # the update is the global batch's
+
+
+@pytest.mark.slow
 def test_fsdp_really_shards_and_equals_replicated(eight_devices):
   r = eight_devices
   specs = r["fsdp_specs"]  # mesh data=2 x fsdp=4, arrays of >= 1000 elements split
@@ -196,6 +205,10 @@ def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   # not reproduce the evaluation's accuracy).
   assert result["pictured_accuracy"] == result["test_accuracy"]
   assert (tmp_path / "run" / "predictions_test.png").exists()
+  # Resumed by both processes: 20 more steps, as one device's 40 straight steps.
+  assert result["resumed_from_step"] == 20 and result["resumed_steps"] == 40
+  assert result["resumed_test_loss"] == pytest.approx(
+      eight_devices["resume_8to1_straight_test_loss"], rel=1e-5)
 
 
 def test_fsdp_regex_splits_matching_params_whatever_their_size():
