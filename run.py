@@ -17,24 +17,26 @@ from bigjax import cli
 config_flags.DEFINE_config_file(
     "config", None, "A config file: configs/x.py, or configs/x.py:variant.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where outputs go. Default: runs/<config name>[_<variant>].")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary", "sample"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "summary", "sample", "export"],
                   "train: train, evaluate and checkpoint. eval: evaluate a workdir's "
                   "checkpoint (uses the workdir's config.json when --config is not given). "
                   "predict: write a checkpoint's predictions for a split or for image files "
                   "given as arguments. summary: the per-layer depth and parameter report, "
-                  "without training. sample: text from a language model's checkpoint.")
+                  "without training. sample: text from a language model's checkpoint. "
+                  "export: the checkpoint as StableHLO (jax.export) and ONNX files that run "
+                  "without bigjax, in WORKDIR/export (docs/export.md).")
 flags.DEFINE_string(
     "compilation_cache", os.environ.get("BIGJAX_COMPILATION_CACHE", "~/.cache/bigjax/jax"),
     "Where compiled XLA programs are kept between runs, so a second run of the same config "
     "skips most of its compile time; empty turns the cache off. Default: "
     "$BIGJAX_COMPILATION_CACHE, else ~/.cache/bigjax/jax.")
-flags.DEFINE_bool("trust_plugins", False, "eval/predict/sample without --config: let the "
+flags.DEFINE_bool("trust_plugins", False, "eval/predict/sample/export without --config: let the "
                   "workdir's config.json import the code it names (\"package.module:name\"); "
                   "off, only built-in names are resolved from it.")
 flags.DEFINE_string("split", None, "eval: comma-separated splits (default: config.eval.at_end)."
                     " predict: one split (default: test).")
 flags.DEFINE_string("step", "latest",
-                    "eval/predict/sample: which checkpoint: latest, best, or a step.")
+                    "eval/predict/sample/export: which checkpoint: latest, best, or a step.")
 flags.DEFINE_string("prompt", None, "sample: the text to continue (default: config.sample).")
 flags.DEFINE_integer("max_new_tokens", None, "sample: tokens (bytes) to generate.")
 flags.DEFINE_float("temperature", None, "sample: 0 = always the most likely token.")
@@ -42,6 +44,8 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = 
 flags.DEFINE_float("top_p", None, "sample: keep the most likely tokens up to this "
                    "probability mass (1 = all).")
 flags.DEFINE_integer("num_samples", None, "sample: how many continuations.")
+flags.DEFINE_string("export_dir", None, "export: the folder to write (default WORKDIR/export).")
+flags.DEFINE_bool("onnx", True, "export: also write model.onnx (needs bigjax[export]).")
 
 
 def main(argv):

@@ -22,6 +22,7 @@ import bigjax
 from bigjax.core import metrics as metrics_lib
 from bigjax.core.steps import TrainState
 from bigjax.finetuning import finetune
+from bigjax.inference import portable
 from bigjax.outputs import artifacts
 from bigjax.outputs.logs import MetricsLog
 from bigjax.outputs.logs import Progress
@@ -149,6 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl") if _is_writer() else None)
     if _is_writer():
       write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
+      portable.write_spec(workdir, programs, config)
       _write_config(config, workdir)
       log.drop_after(resumed_from or 0)
     loop = loop_lib.LoopState.resumed(int(state.step), programs.total_steps,

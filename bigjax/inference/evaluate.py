@@ -13,6 +13,7 @@ import numpy as np
 
 from bigjax.core import metrics as metrics_lib
 from bigjax.data.images import load_image_files
+from bigjax.inference import portable
 from bigjax.outputs.logs import write_json
 from bigjax.train import _is_writer
 from bigjax.training import checkpoint
@@ -57,11 +58,20 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
             files: Sequence[str] = (), step: str | int = "latest") -> str:
   """Writes predictions (class, its name, confidence, every class probability) for a split
   (predictions_<split>.csv) or for image files (predictions_files.csv); returns the path."""
+  if files and os.path.exists(os.path.join(workdir, portable.SPEC_FILE)):
+    # From the workdir alone: no training data needed.
+    files = portable.expand_files(files)
+    predictor = portable.load(workdir, config, step)
+    logging.info("restored step %d from %s (the workdir alone)", predictor.step, workdir)
+    probabilities = portable.predict_files(predictor, files)
+    return _write_predictions(workdir, predictor.class_names, list(files), None,
+                              probabilities, "predictions_files.csv", split)
   programs, state, _ = restore(config, workdir, step)
   if programs.data.is_regression:
     return _predict_regression(programs, state, workdir, split, files)
   names = programs.data.class_names
-  if files:
+  if files:  # a run trained before inference.json existed
+    files = portable.expand_files(files)
     images = load_image_files(files, programs.data.train.images.shape[1:], programs.data.stats)
     keys, labels, out_name = list(files), None, "predictions_files.csv"
     probabilities = programs.probabilities(state, jax.device_put(images))
@@ -72,6 +82,13 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
     keys, out_name = list(range(len(labels))), f"predictions_{split}.csv"
     labels = np.asarray(labels)
     probabilities = programs.probabilities(state, images)
+  return _write_predictions(workdir, names, keys, labels, probabilities, out_name, split)
+
+
+def _write_predictions(workdir: str, names: Sequence[str], keys: list, labels, probabilities,
+                       out_name: str, split: str | None) -> str:
+  """predictions_<split|files>.csv: the class, its name, confidence and every probability."""
+  files = labels is None
   predicted = probabilities.argmax(-1)
   path = os.path.join(os.path.abspath(workdir), out_name)
   with open(path + ".tmp", "w", newline="") as f:

@@ -1,0 +1,204 @@
+"""`--mode=export`: a trained run as files that run without bigjax.
+
+    WORKDIR/export/
+      model.jax      serialized StableHLO (jax.export), any batch size; needs jax alone
+      model.onnx     the same function as ONNX (jax2onnx), checked in onnxruntime
+      inference.json inputs (shape, dtype, scaling, standardisation) and class names
+      predict.py     loads model.jax and predicts on image files (numpy, PIL, jax)
+      README.md      how to call each
+
+The params are constants inside both programs. The folder is written under a temporary name
+and renamed when complete, so an export never leaves half a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import os
+import re
+import shutil
+
+import jax
+import numpy as np
+
+from bigjax.inference import portable
+from bigjax.registry import ConfigError
+
+logging = py_logging.getLogger(__name__)
+
+ONNX_TOLERANCE = 1e-4  # max |onnxruntime - jax| output difference accepted (float32 rounding)
+
+PREDICT_PY = '''"""Predicts classes of image files with the exported model: needs numpy, Pillow and jax.
+
+    python predict.py IMAGE [IMAGE ...]
+"""
+import json, os, sys
+
+import jax
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = json.load(open(os.path.join(HERE, "inference.json")))
+with open(os.path.join(HERE, "model.jax"), "rb") as f:
+  model = jax.export.deserialize(bytearray(f.read()))
+
+
+def prepare(path):
+  height, width, channels = spec["input_shape"]
+  image = Image.open(path).convert("L" if channels == 1 else "RGB")
+  pixels = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32) / 255.0
+  pixels = pixels.reshape(height, width, channels)
+  if "mean" in spec:
+    pixels = (pixels - np.float32(spec["mean"])) / np.float32(spec["std"])
+  return pixels
+
+
+if __name__ == "__main__":
+  images = np.stack([prepare(p) for p in sys.argv[1:]])
+  probabilities = np.asarray(jax.nn.softmax(model.call(images), axis=-1))
+  for path, p in zip(sys.argv[1:], probabilities):
+    print(f"{path}: {spec['class_names'][p.argmax()]} ({100 * p.max():.1f}%)")
+'''
+
+README = """# An exported bigjax model
+
+From `{workdir}` at step {step}: {task} of inputs shaped {shape} ({dtype}) into {outputs}
+outputs{classes}.
+
+Inputs are prepared as the run prepared its data (`inference.json`): images scaled to [0, 1]
+(pixel / 255){standardise}. The models return the network's raw outputs (logits);
+softmax gives class probabilities.
+
+## model.jax: StableHLO, with jax alone
+
+```python
+import jax, numpy as np
+model = jax.export.deserialize(bytearray(open("model.jax", "rb").read()))
+logits = model.call(images)  # images: {dtype} [N, {shape_text}], any N
+```
+
+`python predict.py IMAGE ...` does it for image files.
+
+## model.onnx: ONNX{onnx_note}
+
+```python
+import onnxruntime as ort
+session = ort.InferenceSession("model.onnx")
+logits = session.run(None, {{session.get_inputs()[0].name: images}})[0]
+```
+"""
+
+
+def export(config, workdir: str, step: str | int = "latest", out_dir: str | None = None,
+           onnx: bool = True) -> str:
+  """Writes the export folder (default WORKDIR/export); returns its path."""
+  predictor = portable.load(workdir, config, step)
+  spec = predictor.spec
+  out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
+  partial = f"{out_dir}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    function = _function(predictor)
+    with open(os.path.join(partial, "model.jax"), "wb") as f:
+      f.write(stablehlo(function, spec))
+    onnx_note = " (not written: " + _onnx_missing() + ")" if onnx and _onnx_missing() else ""
+    if onnx and not onnx_note:
+      difference = write_onnx(function, spec, os.path.join(partial, "model.onnx"))
+      onnx_note = f" (checked in onnxruntime: outputs within {difference:.1e} of jax)"
+    elif not onnx:
+      onnx_note = " (not written: --onnx=False)"
+    with open(os.path.join(partial, "inference.json"), "w") as f:
+      json.dump({**spec, "step": predictor.step}, f, indent=2, sort_keys=True)
+    if spec["task"] == "classification" and len(spec["input_shape"]) == 3:
+      with open(os.path.join(partial, "predict.py"), "w") as f:
+        f.write(PREDICT_PY)
+    with open(os.path.join(partial, "README.md"), "w") as f:
+      f.write(_readme(workdir, predictor, onnx_note))
+    if os.path.exists(out_dir):  # replaced whole: an old export is removed only now
+      shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  logging.info("exported step %d to %s (%s)", predictor.step, out_dir,
+               ", ".join(sorted(os.listdir(out_dir))))
+  return out_dir
+
+
+def _function(predictor: portable.Predictor):
+  """inputs -> outputs with the params as constants (float32 outputs)."""
+  variables = predictor.variables
+  return lambda inputs: predictor.apply(variables, inputs).astype(np.float32)
+
+
+def _input_spec(spec: dict, batch) -> jax.ShapeDtypeStruct:
+  if not spec.get("input_shape"):
+    raise ConfigError("This run's inference.json has no input shape; export needs one. Train "
+                      "the run again with this bigjax.")
+  return jax.ShapeDtypeStruct((batch, *spec["input_shape"]), spec["input_dtype"])
+
+
+def stablehlo(function, spec: dict) -> bytes:
+  """The function serialized by jax.export, polymorphic in the batch size."""
+  (batch,) = jax.export.symbolic_shape("batch")
+  exported = jax.export.export(jax.jit(function))(_input_spec(spec, batch))
+  return bytes(exported.serialize())
+
+
+def _onnx_missing() -> str | None:
+  for module in ("jax2onnx", "onnxruntime"):
+    try:
+      __import__(module)
+    except ImportError:
+      return f"{module} is not installed; pip install 'bigjax[export]'"
+  return None
+
+
+def write_onnx(function, spec: dict, path: str, check_batch: int = 3) -> float:
+  """ONNX through jax2onnx, then run in onnxruntime against jax on random inputs; returns
+  the largest output difference. An op jax2onnx cannot convert is named in one line."""
+  import jax2onnx
+  import onnxruntime
+  shape = spec["input_shape"]
+  py_logging.getLogger("onnx_ir").setLevel(py_logging.ERROR)  # (notes on unused shapes)
+  try:
+    jax2onnx.to_onnx(function, [jax.ShapeDtypeStruct(("B", *shape), spec["input_dtype"])],
+                     model_name="bigjax", return_mode="file", output_path=path)
+  except Exception as e:  # noqa: BLE001 -- jax2onnx raises many kinds for an unsupported op
+    op = re.search(r"primitive[s]?\W+'?(\w+)", str(e), flags=re.IGNORECASE)
+    raise ConfigError(
+        f"ONNX export failed: jax2onnx cannot convert "
+        f"{('the op ' + op.group(1)) if op else 'this model'} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}). model.jax (StableHLO) exports every op; pass "
+        "--onnx=False to write it alone.") from e
+  rng = np.random.default_rng(0)
+  if np.issubdtype(np.dtype(spec["input_dtype"]), np.integer):
+    inputs = rng.integers(0, 2, (check_batch, *shape)).astype(spec["input_dtype"])
+  else:
+    inputs = rng.random((check_batch, *shape), np.float32).astype(spec["input_dtype"])
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  got = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+  want = np.asarray(jax.jit(function)(inputs))
+  difference = float(np.max(np.abs(got - want)))
+  scale = max(1.0, float(np.max(np.abs(want))))
+  if not difference <= ONNX_TOLERANCE * scale:
+    raise ConfigError(f"The ONNX model's outputs differ from jax's by {difference:.3g} (more "
+                      f"than {ONNX_TOLERANCE * scale:.1g}): not written. Pass "
+                      "--onnx=False to export model.jax alone.")
+  return difference
+
+
+def _readme(workdir: str, predictor: portable.Predictor, onnx_note: str) -> str:
+  spec = predictor.spec
+  names = spec.get("class_names") or []
+  return README.format(
+      workdir=os.path.abspath(workdir), step=predictor.step, task=spec["task"],
+      shape=tuple(spec["input_shape"]), dtype=spec["input_dtype"],
+      shape_text=", ".join(map(str, spec["input_shape"])), outputs=spec["num_outputs"],
+      classes=(f" (classes: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''})"
+               if names else ""),
+      standardise=(", then standardised per channel with `mean` and `std`"
+                   if "mean" in spec else ""),
+      onnx_note=onnx_note)
