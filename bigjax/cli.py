@@ -195,7 +195,14 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
                     flag_values.num_samples)
     elif flag_values.mode == "export":
       from bigjax.inference import export
-      export.export(config, workdir, step, flag_values.export_dir, flag_values.onnx)
+      export.export(config, workdir, step, flag_values.export_dir, flag_values.onnx,
+                    flag_values.quantize, flag_values.calibration_examples)
+    elif flag_values.mode == "quantize":
+      from bigjax.compression import quantization
+      if flag_values.quantize is None:
+        raise flags.ValidationError("--mode=quantize needs --quantize=weights|dynamic|static.")
+      quantization.evaluate(config, workdir, flag_values.quantize, step,
+                            flag_values.calibration_examples)
     elif flag_values.mode == "eval":
       inference.evaluate(config, workdir, flag_values.split, step)
     else:

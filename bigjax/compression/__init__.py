@@ -1,0 +1,1 @@
+"""Smaller models: quantization (qwix), pruning and distillation."""
