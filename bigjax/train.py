@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 import bigjax
+from bigjax.compression import pruning
 from bigjax.core import metrics as metrics_lib
 from bigjax.core.steps import TrainState
 from bigjax.finetuning import finetune
@@ -293,6 +294,12 @@ def finish(run_: Run, state, final_splits: list[str], startup_seconds, resumed_f
       "compilations_per_epoch": compiles_per_epoch,
       "metrics": final, "environment": _environment(),
   }
+  if pruning.is_on(config.get("prune")):
+    results["pruning"] = pruning.nonzero_report(state.params, config.prune.include)
+    logging.info("pruned: %.1f%% of the pruned kernels are zero; %s of %s params non-zero",
+                 100 * results["pruning"]["pruned_sparsity"],
+                 f"{results['pruning']['nonzero_params']:,}",
+                 f"{results['pruning']['params']:,}")
   if run_.seq_len and steady and np.isfinite(steady):
     results.update(_language_model_speed(config, programs, steady * run_.seq_len,
                                          run_.seq_len))

@@ -189,6 +189,15 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       targets="kernel",       # regex of dense/conv kernel paths that get adapters
       train_base="",          # regex of base params that train anyway (e.g. "head/")
   )
+  config.prune = dict(
+      sparsity=0.0,           # >0: magnitude-prune kernels to this fraction of zeros
+      scope="layer",          # layer: each kernel to the sparsity | global: all together
+      include="kernel",       # regex of param paths pruned (2-D and larger only)
+      initial_sparsity=0.0,   # Zhu & Gupta's gradual schedule: from this at start_step ...
+      start_step=0,
+      end_step=-1,            # ... to `sparsity` at end_step (-1: 75% of the steps)
+      every_steps=100,        # masks recomputed this often in between
+  )
   config.parallel = dict(
       mode="jit",             # jit: one program over a device mesh (named shardings); pmap
       platform="",            # "": whatever JAX found; cpu | gpu | tpu: fail unless it is that

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from bigjax import data as data_lib
+from bigjax.compression import pruning
 from bigjax.core import metrics as metrics_lib
 from bigjax.core.losses import build_loss
 from bigjax.core.optimizers import build_optimizer
@@ -202,10 +203,11 @@ class Programs:
   def _build_programs(self, config, variables: dict) -> None:
     """The loss, the optimizer and the jitted functions (compiled on first use)."""
     self.loss_fn = build_loss(config.loss)
-    self.tx = finetune.wrap_optimizer(
-        build_optimizer(config.optimizer, config.loss, self.total_steps),
-        jax.eval_shape(lambda: variables["params"]),
-        dict(config.finetune, freeze=self.freeze))
+    params_shapes = jax.eval_shape(lambda: variables["params"])
+    self.tx = pruning.wrap(finetune.wrap_optimizer(
+        build_optimizer(config.optimizer, config.loss, self.total_steps), params_shapes,
+        dict(config.finetune, freeze=self.freeze)), config.get("prune"), self.total_steps,
+        params_shapes)
     state_shapes = jax.eval_shape(
         functools.partial(_initial_state, tx=self.tx, param_dtype=self.param_dtype),
         variables, self.train_rng)
