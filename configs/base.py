@@ -198,6 +198,12 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       end_step=-1,            # ... to `sparsity` at end_step (-1: 75% of the steps)
       every_steps=100,        # masks recomputed this often in between
   )
+  config.distill = dict(
+      teacher="",             # a finished run's workdir: train this model against it
+      alpha=0.5,              # weight of the hard-label loss; 1 - alpha: the teacher's
+      temperature=4.0,        # softens both distributions (the soft term scaled by T^2)
+      step="latest",          # the teacher's checkpoint: latest | best | a step
+  )
   config.parallel = dict(
       mode="jit",             # jit: one program over a device mesh (named shardings); pmap
       platform="",            # "": whatever JAX found; cpu | gpu | tpu: fail unless it is that

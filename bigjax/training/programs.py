@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from bigjax import data as data_lib
+from bigjax.compression import distillation
 from bigjax.compression import pruning
 from bigjax.core import metrics as metrics_lib
 from bigjax.core.losses import build_loss
@@ -219,7 +220,9 @@ class Programs:
     step_options = dict(grad_accum_steps=config.train.grad_accum_steps,
                         update_model_state=not config.finetune.freeze_batch_stats,
                         compute_dtype=self.compute_dtype)
-    train_step = make_train_step(self.model, self.loss_fn, self.tx, **step_options)
+    self.train_loss_fn = (distillation.wrap_loss(self.loss_fn, config.distill, self.data)
+                          if distillation.is_on(config.get("distill")) else self.loss_fn)
+    train_step = make_train_step(self.model, self.train_loss_fn, self.tx, **step_options)
     eval_steps = {with_outputs: make_eval_step(self.model, self.loss_fn, self.metric_names,
                                                compute_dtype=self.compute_dtype,
                                                with_outputs=with_outputs)
@@ -250,8 +253,8 @@ class Programs:
       self.steps_per_call = 1
     if self.strategy == "pmap":
       # The same pure step per device on its share of the batch, sums added over devices.
-      pmap_step = make_train_step(self.model, self.loss_fn, self.tx, axis_name=PMAP_AXIS,
-                                  **step_options)
+      pmap_step = make_train_step(self.model, self.train_loss_fn, self.tx,
+                                  axis_name=PMAP_AXIS, **step_options)
       self.devices = list(self.mesh.devices.flat)
       self._train_fns["pmap"] = jax.pmap(
           functools.partial(_pmap_on_indices, pmap_step, self.augment),
