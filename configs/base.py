@@ -198,6 +198,10 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       end_step=-1,            # ... to `sparsity` at end_step (-1: 75% of the steps)
       every_steps=100,        # masks recomputed this often in between
   )
+  config.quantize = dict(
+      aware="",               # dynamic | static: quantization-aware training (qwix's fake int8
+                              # in the forward pass); then --mode=quantize converts the run
+  )
   config.distill = dict(
       teacher="",             # a finished run's workdir: train this model against it
       alpha=0.5,              # weight of the hard-label loss; 1 - alpha: the teacher's

@@ -44,6 +44,15 @@ def rules(mode: str) -> list:
   raise ConfigError(f"--quantize={mode!r}: use one of {', '.join(MODES)}.")
 
 
+def aware(model, mode: str):
+  """The model with qwix's fake quantization (straight-through gradients) for training."""
+  import qwix
+  if mode == "weights":
+    raise ConfigError('config.quantize.aware="weights": quantization-aware training is for '
+                      '"dynamic" or "static" (weights alone lose too little to train for).')
+  return qwix.quantize_model(model, qwix.QtProvider(rules(mode)))
+
+
 def quantize(predictor: portable.Predictor, mode: str,
              calibration: np.ndarray | None = None, batch_size: int = 256
              ) -> tuple[portable.Predictor, list[str]]:
@@ -55,9 +64,11 @@ def quantize(predictor: portable.Predictor, mode: str,
                       ".merge) or quantize the base run.")
   example = jnp.zeros((1, *predictor.spec["input_shape"]), predictor.spec["input_dtype"])
   params = predictor.variables["params"]
-  others = {k: v for k, v in predictor.variables.items() if k != "params"}
-  stats: Any = {}
-  if mode == "static":
+  others = {k: v for k, v in predictor.variables.items() if k not in ("params", "quant_stats")}
+  stats: Any = predictor.variables.get("quant_stats", {})
+  if mode == "static" and stats:
+    logging.info("static scales from the run's quantization-aware training")
+  elif mode == "static":
     if calibration is None or not len(calibration):
       raise ConfigError("--quantize=static calibrates activation scales on training examples; "
                         "none were given.")

@@ -128,8 +128,9 @@ def _check_fits(model, variables: dict, spec: dict, workdir: str, step: int) -> 
                             example)
   want = {jax.tree_util.keystr(p): tuple(x.shape)
           for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+  kept = {k: v for k, v in variables.items() if k != "quant_stats"}  # (training's, unused)
   have = {jax.tree_util.keystr(p): tuple(np.shape(x))
-          for p, x in jax.tree_util.tree_leaves_with_path(variables)}
+          for p, x in jax.tree_util.tree_leaves_with_path(kept)}
   problems = [f"{path}: model {want.get(path)}, checkpoint {have.get(path)}"
               for path in sorted(set(want) | set(have)) if want.get(path) != have.get(path)]
   if problems:

@@ -181,11 +181,24 @@ class Programs:
     """The model and the classes of outputs it has; returns its variables (values:
     compiled and run once), LoRA adapters added."""
     self.base_model = self.model = build_model(config.model)
+    aware = (config.get("quantize") or {}).get("aware")
+    if aware:  # quantization-aware training: int8 rounding simulated in the forward pass
+      from bigjax.compression import quantization
+      self.model = quantization.aware(self.model, aware)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self.example_input = jnp.asarray(self.data.train.images[:1])
     t_init = time.perf_counter()
     with compilation.gc_paused():
-      variables = init_variables(self.model, init_rng, self.example_input)
+      try:
+        variables = init_variables(self.model, init_rng, self.example_input)
+      except (TypeError, jax.errors.UnexpectedTracerError) as e:
+        if aware != "static":
+          raise
+        raise ConfigError(
+            "config.quantize.aware=static: qwix cannot train static activation scales "
+            "through this model (its convolutions' statistics leak out of jit in qwix "
+            f"{_version('qwix')}). Use aware=dynamic, or train in float and run "
+            "--mode=quantize --quantize=static, which calibrates after training.") from e
     self.init_seconds = time.perf_counter() - t_init  # mostly compile
     outputs = jax.eval_shape(self.model.apply, variables, self.example_input)
     self.classifies = has_class_outputs(outputs, self.data.train.labels)
@@ -475,6 +488,14 @@ class Programs:
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """Softmax class probabilities [N, C] for model-ready images [N, H, W, C]."""
     return metrics_lib.softmax_probabilities(self.outputs(state, images))
+
+
+def _version(package: str) -> str:
+  from importlib import metadata
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return "(version unknown)"
 
 
 def _all_rows(batch_outputs: list, n: int) -> np.ndarray:

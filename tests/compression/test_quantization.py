@@ -89,3 +89,30 @@ def test_quantize_mode_and_a_quantized_export_through_run_py(cnn, tmp_path):
   quantized, _ = quantization.quantize(predictor, "dynamic")
   np.testing.assert_allclose(np.asarray(model.call(images[:5])), quantized.outputs(images[:5]),
                              atol=1e-5)
+
+
+def _qat(workdir, variant, mode):
+  config = digits.get_config(variant)
+  with config.unlocked():
+    config.train.num_epochs = 4
+    config.quantize.aware = mode
+    config.report.update(plots=False, html=False, tensorboard=False)
+  return config, train.run(config, workdir)
+
+
+def test_quantization_aware_training_then_int8_keeps_the_trained_accuracy(tmp_path, caplog):
+  config, results = _qat(str(tmp_path / "dynamic"), "cnn", "dynamic")
+  assert results["test_accuracy"] > 0.85
+  _, in_float = _qat(str(tmp_path / "float"), "cnn", "")
+  assert in_float["test_loss"] != results["test_loss"]  # int8 rounding in the forward pass
+  scored = quantization.evaluate(config, str(tmp_path / "dynamic"), "dynamic")
+  assert abs(scored["test"]["int8"]["accuracy"] - results["test_accuracy"]) <= 0.01
+  # Static scales learnt during training (an MLP: qwix trains them through matmuls) are the
+  # ones the conversion uses: no calibration pass.
+  config, results = _qat(str(tmp_path / "static"), None, "static")
+  with caplog.at_level("INFO"):
+    scored = quantization.evaluate(config, str(tmp_path / "static"), "static")
+  assert "static scales from the run's quantization-aware training" in caplog.text
+  assert abs(scored["test"]["int8"]["accuracy"] - results["test_accuracy"]) <= 0.01
+  with pytest.raises(ConfigError, match="qwix cannot train static activation scales"):
+    _qat(str(tmp_path / "static_cnn"), "cnn", "static")
