@@ -1,8 +1,9 @@
 """A decoder-only Transformer language model (GPT-style).
 
 Token embedding, learned or rotary positions, pre-norm (LayerNorm or RMSNorm) blocks of
-causal multi-head attention through `jax.nn.dot_product_attention` (GPUs get the fused
-kernel) and an MLP, a tied or untied output head. Called on int tokens [B, T]; returns
+causal multi-head (or grouped-query) attention through `jax.nn.dot_product_attention` (GPUs
+get the fused kernel) and a GELU or SwiGLU MLP, a tied or untied output head: GPT-2's shape
+by default, Llama's with positions="rope", norm="rms", mlp="swiglu", bias="none". Called on int tokens [B, T]; returns
 logits [B, T, vocab_size].
 
 With `decode=True` attention keeps a key/value cache in the "cache" collection (sized
@@ -38,22 +39,32 @@ def _norm(kind: str, name: str, epsilon: float) -> nn.Module:
   return LayerNorm(epsilon=epsilon, name=name)
 
 
+BIASES = ("all", "none", "qkv")  # GPT-2: all; Llama, Mistral: none; Qwen2: on q, k, v only
+
+
 class CausalSelfAttention(nn.Module):
   num_heads: int
   context_length: int
   rope: bool = False
+  num_kv_heads: int = 0          # grouped-query attention: 0 = num_heads (multi-head)
+  bias: str = "all"
+  rope_base: float = 10_000.0
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, decode: bool = False) -> jax.Array:
     batch, length, width = x.shape
     heads, head_dim = self.num_heads, width // self.num_heads
+    kv_heads = self.num_kv_heads or heads
     init = get_initializer("normal:0.02")
-    qkv = nn.Dense(3 * width, kernel_init=init, name="qkv")(x)
-    q, k, v = jnp.split(qkv.reshape(batch, length, 3 * heads, head_dim), 3, axis=2)
+    # One projection for q, k and v: [q heads | k heads | v heads], each head_dim wide.
+    qkv = nn.Dense((heads + 2 * kv_heads) * head_dim, kernel_init=init,
+                   use_bias=self.bias != "none", name="qkv")(x)
+    qkv = qkv.reshape(batch, length, heads + 2 * kv_heads, head_dim)
+    q, k, v = jnp.split(qkv, [heads, heads + kv_heads], axis=2)
     if self.rope:
-      q, k = rotary(q, positions), rotary(k, positions)
+      q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
     if decode:
-      shape = (batch, self.context_length, heads, head_dim)
+      shape = (batch, self.context_length, kv_heads, head_dim)
       cached_k = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
       cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
       start = positions[0]
@@ -65,11 +76,13 @@ class CausalSelfAttention(nn.Module):
                                          mask=mask[None, None])
     else:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    return nn.Dense(width, kernel_init=init, name="out")(out.reshape(batch, length, width))
+    return nn.Dense(width, kernel_init=init, use_bias=self.bias == "all", name="out")(
+        out.reshape(batch, length, width))
 
 
 class Block(nn.Module):
-  """x + attention(norm(x)); x + MLP(norm(x))."""
+  """x + attention(norm(x)); x + MLP(norm(x)). The MLP is GELU (GPT-2) or SwiGLU (Llama:
+  down(silu(gate(x)) * up(x)))."""
   num_heads: int
   context_length: int
   mlp_ratio: float = 4.0
@@ -78,20 +91,30 @@ class Block(nn.Module):
   norm: str = "layer"
   norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
+  num_kv_heads: int = 0
+  bias: str = "all"
+  mlp: str = "gelu"
+  mlp_hidden: int = 0            # the MLP's width: 0 = mlp_ratio x hidden size
+  rope_base: float = 10_000.0
 
   @nn.compact
   def __call__(self, x, positions, train: bool = False, decode: bool = False):
     norm = lambda name: _norm(self.norm, name, self.norm_epsilon)
     drop = Dropout(self.dropout_rate, deterministic=not train)
-    y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, name="attention")(
+    y = CausalSelfAttention(self.num_heads, self.context_length, self.rope, self.num_kv_heads,
+                            self.bias, self.rope_base, name="attention")(
         norm("norm_0")(x), positions, decode)
     x = x + drop(y)
     init = get_initializer("normal:0.02")
-    y = nn.Dense(int(self.mlp_ratio * x.shape[-1]), kernel_init=init, name="mlp_in")(
-        norm("norm_1")(x))
-    y = nn.Dense(x.shape[-1], kernel_init=init, name="mlp_out")(
-        nn.gelu(y, approximate=self.gelu_approximate))
-    return x + drop(y)
+    hidden = self.mlp_hidden or int(self.mlp_ratio * x.shape[-1])
+    dense = lambda width, name: nn.Dense(width, kernel_init=init,
+                                         use_bias=self.bias == "all", name=name)
+    h = norm("norm_1")(x)
+    if self.mlp == "swiglu":
+      y = nn.silu(dense(hidden, "mlp_gate")(h)) * dense(hidden, "mlp_in")(h)
+    else:
+      y = nn.gelu(dense(hidden, "mlp_in")(h), approximate=self.gelu_approximate)
+    return x + drop(dense(x.shape[-1], "mlp_out")(y))
 
 
 class GPT(nn.Module):
@@ -110,15 +133,26 @@ class GPT(nn.Module):
   # 1e-5 or 1e-6; exact GELU is the erf form.
   norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
+  # Llama-family: grouped-query attention, SwiGLU, no biases, RoPE's base (rope_theta).
+  num_kv_heads: int = 0          # 0: as many key/value heads as query heads
+  mlp: str = "gelu"              # gelu | swiglu
+  mlp_hidden: int = 0            # 0: mlp_ratio x hidden_size
+  bias: str = "all"              # all | none | qkv
+  rope_base: float = 10_000.0
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool = False, decode: bool = False):
     if self.positions not in ("learned", "rope") or self.norm not in ("layer", "rms"):
       raise ValueError(f'GPT positions="{self.positions}", norm="{self.norm}": use '
                        'positions learned|rope and norm layer|rms.')
-    if self.hidden_size % self.num_heads:
+    if self.mlp not in ("gelu", "swiglu") or self.bias not in BIASES:
+      raise ValueError(f'GPT mlp="{self.mlp}", bias="{self.bias}": use mlp gelu|swiglu and '
+                       f"bias {'|'.join(BIASES)}.")
+    if self.hidden_size % self.num_heads or (self.num_kv_heads and
+                                             self.num_heads % self.num_kv_heads):
       raise ValueError(f"GPT hidden_size {self.hidden_size} does not split into "
-                       f"{self.num_heads} heads.")
+                       f"{self.num_heads} heads, or they into {self.num_kv_heads} key/value "
+                       "heads.")
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"GPT takes integer tokens [batch, length]; got {tokens.dtype} "
                        f"{tokens.shape}. Use a text data source (config.data.source='text').")
@@ -146,8 +180,11 @@ class GPT(nn.Module):
     for i in range(self.depth):
       x = block(self.num_heads, self.context_length, self.mlp_ratio, self.dropout_rate,
                 self.positions == "rope", self.norm, self.norm_epsilon,
-                self.gelu_approximate, name=f"block_{i}")(x, positions, train, decode)
+                self.gelu_approximate, self.num_kv_heads, self.bias, self.mlp,
+                self.mlp_hidden, self.rope_base, name=f"block_{i}")(
+                    x, positions, train, decode)
     x = _norm(self.norm, "final_norm", self.norm_epsilon)(x)
     if self.tie_embeddings:
       return embedding.attend(x)
-    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros, name="head")(x)
+    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros,
+                    use_bias=self.bias == "all", name="head")(x)

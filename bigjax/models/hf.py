@@ -7,8 +7,10 @@ The folder's config.json decides the architecture (`model_config`): the user's c
 only what the checkpoint cannot know (the head, num_classes, dropout). The tensors are
 renamed (and linear weights transposed to Flax's [in, out]) into bigjax's parameter paths
 (`convert`), then loaded through init_from's strict path-by-path table, so a new head is
-reported as re-initialised and unused tensors are listed. Supported: GPT-2 (`gpt2`) and BERT
-(`bert`). Safetensors are read with the `safetensors` library (numpy, no torch).
+reported as re-initialised and unused tensors are listed. Supported: GPT-2 (`gpt2`), BERT
+(`bert`) and the Llama family (`llama`, `mistral`, `qwen2`: RoPE, RMSNorm, SwiGLU,
+grouped-query attention), as bigjax's GPT with those options. Safetensors are read with the
+`safetensors` library (numpy, no torch).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 from bigjax.registry import ConfigError
 
 PREFIX = "hf:"
-SUPPORTED = ("gpt2", "bert")
+SUPPORTED = ("gpt2", "bert", "llama", "mistral", "qwen2")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
 def is_hf(path: str) -> bool:
@@ -109,8 +112,40 @@ def model_config(hf_config: Mapping[str, Any]) -> dict:
                 norm_epsilon=hf_config.get("layer_norm_eps", 1e-12),
                 gelu_approximate=activation == "gelu_new",
                 pad_token_id=hf_config.get("pad_token_id", 0) or 0)
+  if kind in LLAMA_FAMILY:
+    return _llama_config(hf_config)
   raise ConfigError(f'model_type "{kind}" is not supported; bigjax imports '
                     f"{', '.join(SUPPORTED)}.")
+
+
+def _llama_config(hf_config: Mapping[str, Any]) -> dict:
+  kind, width = hf_config["model_type"], hf_config["hidden_size"]
+  heads = hf_config["num_attention_heads"]
+  rope = dict(hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {})
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise ConfigError(f'{kind} checkpoint with rope_type "{rope_type}" (RoPE scaling for long '
+                      "contexts): bigjax implements the default RoPE only.")
+  if hf_config.get("hidden_act", "silu") != "silu":
+    raise ConfigError(f'{kind} checkpoint with hidden_act "{hf_config["hidden_act"]}": bigjax '
+                      "supports SwiGLU with silu.")
+  head_dim = hf_config.get("head_dim") or width // heads
+  if head_dim * heads != width:
+    raise ConfigError(f"{kind} checkpoint with head_dim {head_dim} x {heads} heads != hidden "
+                      f"size {width}: bigjax's attention needs them equal.")
+  if hf_config.get("mlp_bias") or (kind != "qwen2" and hf_config.get("attention_bias")):
+    raise ConfigError(f"{kind} checkpoint with MLP or output-projection biases: bigjax "
+                      "supports none (Llama, Mistral) or q/k/v biases only (Qwen2).")
+  return dict(name="gpt", vocab_size=hf_config["vocab_size"],
+              context_length=hf_config["max_position_embeddings"], hidden_size=width,
+              depth=hf_config["num_hidden_layers"], num_heads=heads,
+              num_kv_heads=hf_config.get("num_key_value_heads") or heads,
+              mlp="swiglu", mlp_hidden=hf_config["intermediate_size"],
+              positions="rope", norm="rms",
+              rope_base=float(rope.get("rope_theta", hf_config.get("rope_theta", 10_000.0))),
+              tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+              norm_epsilon=hf_config.get("rms_norm_eps", 1e-6),
+              bias="qkv" if kind == "qwen2" or hf_config.get("attention_bias") else "none")
 
 
 class _Tensors:
@@ -189,7 +224,32 @@ def _bert(t: _Tensors, hf_config) -> dict:
   return out
 
 
-CONVERTERS = {"gpt2": (_gpt2, "transformer."), "bert": (_bert, "bert.")}
+def _llama(t: _Tensors, hf_config) -> dict:
+  """Llama, Mistral, Qwen2: separate q, k, v projections joined into bigjax's one qkv (their
+  rotary convention, rotate-half, is bigjax's)."""
+  out = {"token_embedding/embedding": t["embed_tokens.weight"]}
+  for i in range(hf_config["num_hidden_layers"]):
+    h, b = f"layers.{i}", f"block_{i}"
+    out[f"{b}/norm_0/scale"] = t[f"{h}.input_layernorm.weight"]
+    out[f"{b}/norm_1/scale"] = t[f"{h}.post_attention_layernorm.weight"]
+    parts = [f"{h}.self_attn.{p}_proj" for p in ("q", "k", "v")]
+    out[f"{b}/attention/qkv/kernel"] = np.concatenate([t[p + ".weight"].T for p in parts], 1)
+    if parts[0] + ".bias" in t:
+      out[f"{b}/attention/qkv/bias"] = np.concatenate([t[p + ".bias"] for p in parts])
+    t.linear(out, f"{b}/attention/out", f"{h}.self_attn.o_proj")
+    t.linear(out, f"{b}/mlp_gate", f"{h}.mlp.gate_proj")
+    t.linear(out, f"{b}/mlp_in", f"{h}.mlp.up_proj")
+    t.linear(out, f"{b}/mlp_out", f"{h}.mlp.down_proj")
+  out["final_norm/scale"] = t["norm.weight"]
+  if hf_config.get("tie_word_embeddings", False):
+    t.taken.update(n for n in t.tensors if n == "lm_head.weight")  # tied to embed_tokens
+  else:
+    out["head/kernel"] = t["lm_head.weight"].T
+  return out
+
+
+CONVERTERS = {"gpt2": (_gpt2, "transformer."), "bert": (_bert, "bert."),
+              **{kind: (_llama, "model.") for kind in LLAMA_FAMILY}}
 
 
 def convert(tensors: Mapping[str, np.ndarray], hf_config: Mapping[str, Any]) -> dict:

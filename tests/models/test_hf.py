@@ -19,7 +19,7 @@ from bigjax.models import bert, build_model, hf
 from bigjax.registry import ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf")
-HEADS = {"gpt2": {}, "bert_mlm": dict(head="mlm", pooler=False),
+HEADS = {"gpt2": {}, "llama": {}, "qwen2": {}, "bert_mlm": dict(head="mlm", pooler=False),
          "bert_classifier": dict(head="classification", num_classes=3)}
 
 
@@ -75,6 +75,18 @@ def test_parameter_counts_equal_transformers_at_the_published_sizes():
   gpt2 = hf.model_config({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024,
                           "n_embd": 768, "n_layer": 12, "n_head": 12})
   assert count(gpt2, tokens) == 124_439_808
+  # LlamaForCausalLM at Llama-2-7B's sizes and Qwen2ForCausalLM at Qwen2-0.5B's (tied,
+  # 2 key/value heads, q/k/v biases), counted by transformers 5.24 on the meta device.
+  llama = hf.model_config({"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
+                           "num_hidden_layers": 32, "num_attention_heads": 32,
+                           "num_key_value_heads": 32, "intermediate_size": 11008,
+                           "max_position_embeddings": 4096})
+  assert count(llama, tokens) == 6_738_415_616
+  qwen2 = hf.model_config({"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+                           "num_hidden_layers": 24, "num_attention_heads": 14,
+                           "num_key_value_heads": 2, "intermediate_size": 4864,
+                           "max_position_embeddings": 32768, "tie_word_embeddings": True})
+  assert count(qwen2, tokens) == 494_032_768
   assert bert.sized("mini") == dict(depth=4, hidden_size=256, num_heads=4,
                                     intermediate_size=1024)
 
@@ -86,8 +98,12 @@ def test_a_folder_that_is_not_a_supported_checkpoint_is_one_line(tmp_path):
     hf.read_config("hf:" + str(tmp_path))
   (tmp_path / "config.json").write_text('{"model_type": "t5"}')
   with pytest.raises(ConfigError, match='model_type "t5" is not supported; bigjax imports '
-                     "gpt2, bert"):
+                     "gpt2, bert, llama, mistral, qwen2"):
     hf.read_config("hf:" + str(tmp_path))
+  scaled = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
+  with pytest.raises(ConfigError, match='rope_type "llama3" .*default RoPE only'):
+    hf.model_config(scaled)
   (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
   with pytest.raises(ConfigError, match="has no model.safetensors"):
     hf.read_tensors("hf:" + str(tmp_path))
@@ -132,3 +148,17 @@ def test_a_checkpoint_of_another_family_is_named(tmp_path):
   with pytest.raises(ConfigError, match='is a gpt2 checkpoint, which bigjax builds as model '
                      '"gpt", but config.model.name is "bert"'):
     finetune.with_checkpoint_architecture(config)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_an_imported_llama_generates_with_its_grouped_key_value_cache_as_without(name):
+  from bigjax.inference import sample
+  model, params, expected, _ = _imported(os.path.join(FIXTURES, name))
+  prompt = jnp.asarray(expected["tokens"][:, :4], jnp.int32)
+  cached = sample.generate(model, params, prompt, 8, jax.random.PRNGKey(0), temperature=0)
+  # The same greedy tokens by recomputing the whole sequence for each new one.
+  tokens = prompt
+  for _ in range(8):
+    logits = model.apply({"params": params}, tokens)[:, -1]
+    tokens = jnp.concatenate([tokens, logits.argmax(-1)[:, None].astype(tokens.dtype)], 1)
+  np.testing.assert_array_equal(cached, tokens)
