@@ -8,8 +8,8 @@ only what the checkpoint cannot know (the head, num_classes, dropout). The tenso
 renamed (and linear weights transposed to Flax's [in, out]) into bigjax's parameter paths
 (`convert`), then loaded through init_from's strict path-by-path table, so a new head is
 reported as re-initialised and unused tensors are listed. Supported: GPT-2 (`gpt2`), BERT
-(`bert`) and the Llama family (`llama`, `mistral`, `qwen2`: RoPE, RMSNorm, SwiGLU,
-grouped-query attention), as bigjax's GPT with those options. Safetensors are read with the
+(`bert`), the Llama family (`llama`, `mistral`, `qwen2`: RoPE, RMSNorm, SwiGLU,
+grouped-query attention) as bigjax's GPT with those options, and ViT (`vit`). Safetensors are read with the
 `safetensors` library (numpy, no torch).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from bigjax.registry import ConfigError
 
 PREFIX = "hf:"
-SUPPORTED = ("gpt2", "bert", "llama", "mistral", "qwen2")
+SUPPORTED = ("gpt2", "bert", "llama", "mistral", "qwen2", "vit")
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
@@ -114,6 +114,20 @@ def model_config(hf_config: Mapping[str, Any]) -> dict:
                 pad_token_id=hf_config.get("pad_token_id", 0) or 0)
   if kind in LLAMA_FAMILY:
     return _llama_config(hf_config)
+  if kind == "vit":
+    activation = hf_config.get("hidden_act", "gelu")
+    if activation not in ("gelu", "gelu_new"):
+      raise ConfigError(f'ViT checkpoint with hidden_act "{activation}": bigjax supports gelu '
+                        "and gelu_new.")
+    if not hf_config.get("qkv_bias", True):
+      raise ConfigError("ViT checkpoint without q/k/v biases: bigjax's ViT has them.")
+    width = hf_config["hidden_size"]
+    return dict(name="vit", patch_size=hf_config["patch_size"], hidden_size=width,
+                depth=hf_config["num_hidden_layers"],
+                num_heads=hf_config["num_attention_heads"],
+                mlp_ratio=hf_config["intermediate_size"] / width, pool="cls",
+                norm_epsilon=hf_config.get("layer_norm_eps", 1e-12),
+                gelu_approximate=activation == "gelu_new")
   raise ConfigError(f'model_type "{kind}" is not supported; bigjax imports '
                     f"{', '.join(SUPPORTED)}.")
 
@@ -248,7 +262,38 @@ def _llama(t: _Tensors, hf_config) -> dict:
   return out
 
 
+def _vit(t: _Tensors, hf_config) -> dict:
+  """ViTForImageClassification (or ViTModel): NCHW conv and [out, in] linears to Flax's
+  layouts; q, k, v and the output projection into Flax attention's [in, heads, head_dim]."""
+  width, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+  head_dim = width // heads
+  out = {"class_token": t["embeddings.cls_token"],
+         "position_embedding": t["embeddings.position_embeddings"],
+         "patch_embedding/kernel": t["embeddings.patch_embeddings.projection.weight"].transpose(
+             2, 3, 1, 0),
+         "patch_embedding/bias": t["embeddings.patch_embeddings.projection.bias"]}
+  for i in range(hf_config["num_hidden_layers"]):
+    h, b = f"encoder.layer.{i}", f"block_{i}"
+    t.norm(out, f"{b}/norm_0", f"{h}.layernorm_before")
+    t.norm(out, f"{b}/norm_1", f"{h}.layernorm_after")
+    for part in ("query", "key", "value"):
+      name = f"{h}.attention.attention.{part}"
+      out[f"{b}/attention/{part}/kernel"] = t[name + ".weight"].T.reshape(width, heads,
+                                                                           head_dim)
+      out[f"{b}/attention/{part}/bias"] = t[name + ".bias"].reshape(heads, head_dim)
+    out[f"{b}/attention/out/kernel"] = t[f"{h}.attention.output.dense.weight"].T.reshape(
+        heads, head_dim, width)
+    out[f"{b}/attention/out/bias"] = t[f"{h}.attention.output.dense.bias"]
+    t.linear(out, f"{b}/mlp/dense_0", f"{h}.intermediate.dense")
+    t.linear(out, f"{b}/mlp/dense_1", f"{h}.output.dense")
+  t.norm(out, "final_norm", "layernorm")
+  if "classifier.weight" in t:
+    t.linear(out, "head", "classifier")
+  return out
+
+
 CONVERTERS = {"gpt2": (_gpt2, "transformer."), "bert": (_bert, "bert."),
+              "vit": (_vit, "vit."),
               **{kind: (_llama, "model.") for kind in LLAMA_FAMILY}}
 
 

@@ -87,6 +87,11 @@ def test_parameter_counts_equal_transformers_at_the_published_sizes():
                            "num_key_value_heads": 2, "intermediate_size": 4864,
                            "max_position_embeddings": 32768, "tie_word_embeddings": True})
   assert count(qwen2, tokens) == 494_032_768
+  # ViTForImageClassification(ViTConfig(num_labels=1000)): ViT-B/16 at 224x224.
+  vit = {**hf.model_config({"model_type": "vit", "patch_size": 16, "hidden_size": 768,
+                            "num_hidden_layers": 12, "num_attention_heads": 12,
+                            "intermediate_size": 3072}), "num_classes": 1000}
+  assert count(vit, jnp.zeros((1, 224, 224, 3))) == 86_567_656
   assert bert.sized("mini") == dict(depth=4, hidden_size=256, num_heads=4,
                                     intermediate_size=1024)
 
@@ -98,7 +103,7 @@ def test_a_folder_that_is_not_a_supported_checkpoint_is_one_line(tmp_path):
     hf.read_config("hf:" + str(tmp_path))
   (tmp_path / "config.json").write_text('{"model_type": "t5"}')
   with pytest.raises(ConfigError, match='model_type "t5" is not supported; bigjax imports '
-                     "gpt2, bert, llama, mistral, qwen2"):
+                     "gpt2, bert, llama, mistral, qwen2, vit"):
     hf.read_config("hf:" + str(tmp_path))
   scaled = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4,
             "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
@@ -110,7 +115,8 @@ def test_a_folder_that_is_not_a_supported_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_hf_builds_the_checkpoints_architecture_and_fine_tunes_it(tmp_path):
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_init_from_hf_builds_the_checkpoints_architecture_and_fine_tunes_it(tmp_path, name):
   """A GPT config that names no sizes fine-tunes the GPT-2 fixture: its architecture comes
   from the checkpoint's config.json, every tensor loads (the table says so) into the params
   the run trains (at learning rate 0, the checkpoint holds exactly the imported ones)."""
@@ -120,7 +126,7 @@ def test_init_from_hf_builds_the_checkpoints_architecture_and_fine_tunes_it(tmp_
   corpus.write_text("0101 10!, 0.1 " * 400)  # bytes 32-49: inside the fixture's 50 tokens
   config = lm_tiny.get_config("small")
   with config.unlocked():
-    config.init_from.path = "hf:" + os.path.join(FIXTURES, "gpt2")
+    config.init_from.path = "hf:" + os.path.join(FIXTURES, name)
     config.data.path = str(corpus)
     config.data.seq_len = 12
     config.train.update(num_steps=4, batch_size=4, log_every_steps=1)
@@ -132,7 +138,7 @@ def test_init_from_hf_builds_the_checkpoints_architecture_and_fine_tunes_it(tmp_
   table = (tmp_path / "run" / "init_from.txt").read_text()
   assert "missing" not in table and "unused" not in table and "loaded" in table
   from bigjax.training import checkpoint
-  _, params, _, _ = _imported(os.path.join(FIXTURES, "gpt2"))
+  _, params, _, _ = _imported(os.path.join(FIXTURES, name))
   _, trained = checkpoint.latest_params(str(tmp_path / "run"))
   jax.tree.map(np.testing.assert_array_equal, trained, jax.device_get(params))  # lr 0
   assert np.isfinite(results["test_loss"])
@@ -162,3 +168,42 @@ def test_an_imported_llama_generates_with_its_grouped_key_value_cache_as_without
     logits = model.apply({"params": params}, tokens)[:, -1]
     tokens = jnp.concatenate([tokens, logits.argmax(-1)[:, None].astype(tokens.dtype)], 1)
   np.testing.assert_array_equal(cached, tokens)
+
+
+def test_an_imported_vit_classifier_gives_transformers_logits():
+  model, params, expected, unused = _imported(os.path.join(FIXTURES, "vit"), num_classes=3)
+  assert unused == []
+  pixels = jnp.asarray(expected["pixels"])  # NHWC (transformers took them as NCHW)
+  target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), pixels))["params"]
+  shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in finetune.flatten(tree).items()}
+  assert shapes(params) == shapes(target)
+  logits = np.asarray(model.apply({"params": params}, pixels))
+  np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_imported_vit_fine_tunes_on_an_image_folder(tmp_path):
+  from PIL import Image
+  from bigjax import train
+  from configs import cifar10_vit
+  rng = np.random.default_rng(0)
+  for label in ("ant", "bee", "cat"):
+    os.makedirs(tmp_path / "images" / label)
+    for i in range(12):
+      pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+  config = cifar10_vit.get_config("small")
+  with config.unlocked():
+    config.init_from.update(path="hf:" + os.path.join(FIXTURES, "vit"), skip="^head/")
+    config.data.update(source="folder", path=str(tmp_path / "images"), image_size=(16, 16),
+                       test_fraction=0.25)
+    config.model.num_classes = 3
+    config.train.update(num_steps=3, batch_size=8)
+    config.report.update(plots=False, html=False, tensorboard=False)
+  results = train.run(config, str(tmp_path / "run"))
+  saved = train.load_run_config(str(tmp_path / "run"))
+  assert (saved.model.patch_size, saved.model.hidden_size, saved.model.norm_epsilon) == (
+      4, 32, 1e-12)
+  table = (tmp_path / "run" / "init_from.txt").read_text()
+  assert "re-initialised" in table and "head/kernel" in table and "missing" not in table
+  assert np.isfinite(results["test_loss"])
