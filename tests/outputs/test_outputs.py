@@ -148,7 +148,8 @@ def test_report_renders_in_a_headless_browser(finished_run):
   browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
                   if shutil.which(b)), None)
   if browser is None:
-    pytest.skip("no headless Chromium installed")
+    assert not os.environ.get("CI"), "CI installs chromium (.ci/run); it is missing"
+    pytest.skip("no headless Chromium installed (apt-get install chromium)")
   _, workdir, _ = finished_run
   dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                         "file://" + os.path.join(workdir, "report.html")],
