@@ -46,7 +46,10 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = 
 flags.DEFINE_float("top_p", None, "sample: keep the most likely tokens up to this "
                    "probability mass (1 = all).")
 flags.DEFINE_integer("num_samples", None, "sample: how many continuations.")
-flags.DEFINE_string("export_dir", None, "export: the folder to write (default WORKDIR/export).")
+flags.DEFINE_string("export_dir", None, "export: the folder to write (default WORKDIR/export, "
+                    "or WORKDIR/export_hf).")
+flags.DEFINE_enum("export_format", "jax", ["jax", "hf"], "export: jax (StableHLO and ONNX) "
+                  "or hf (a language model as a Hugging Face checkpoint: GPT-2, Llama, Qwen2).")
 flags.DEFINE_bool("onnx", True, "export: also write model.onnx (needs bigjax[export]).")
 flags.DEFINE_enum("quantize", None, ["weights", "dynamic", "static"],
                   "quantize/export: int8 weights only, or weights and activations with "

@@ -193,6 +193,9 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
       sample.sample(config, workdir, prompt, step, flag_values.max_new_tokens,
                     flag_values.temperature, flag_values.top_k, flag_values.top_p,
                     flag_values.num_samples)
+    elif flag_values.mode == "export" and flag_values.export_format == "hf":
+      from bigjax.inference import export
+      export.export_hf(config, workdir, step, flag_values.export_dir)
     elif flag_values.mode == "export":
       from bigjax.inference import export
       export.export(config, workdir, step, flag_values.export_dir, flag_values.onnx,

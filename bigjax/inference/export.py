@@ -140,6 +140,49 @@ def export(config, workdir: str, step: str | int = "latest", out_dir: str | None
   return out_dir
 
 
+HF_README = """# A bigjax language model as a Hugging Face checkpoint
+
+From `{workdir}` at step {step}: {architecture}, {params:,} parameters.
+
+```python
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("{folder}")
+logits = model(input_ids).logits
+```
+{tokens}"""
+
+
+def export_hf(config, workdir: str, step: str | int = "latest",
+              out_dir: str | None = None) -> str:
+  """`--export_format=hf`: config.json and model.safetensors for transformers (a GPT-2, Llama
+  or Qwen2 architecture; bigjax.models.hf_export), written atomically."""
+  from bigjax.models import hf_export
+  from bigjax.training import checkpoint
+  hf_config = hf_export.hf_config_of(config.model)  # (a model with no HF twin fails first)
+  out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export_hf"))
+  checkpoint.require(workdir, step)
+  raw, _, chosen = checkpoint.read(os.path.abspath(workdir), step)
+  partial = f"{out_dir}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    hf_export.write(partial, raw["params"], config.model)
+    count = sum(int(np.size(x)) for x in jax.tree.leaves(raw["params"]))
+    tokens = ("\nThe run's tokens are UTF-8 bytes (ids 0-255): no tokenizer; feed "
+              "`list(text.encode())`.\n" if config.model.vocab_size == 256 else "")
+    with open(os.path.join(partial, "README.md"), "w") as f:
+      f.write(HF_README.format(workdir=os.path.abspath(workdir), step=chosen,
+                               architecture=hf_config["architectures"][0], params=count,
+                               folder=out_dir, tokens=tokens))
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  logging.info("exported step %d as %s to %s", chosen, hf_config["architectures"][0], out_dir)
+  return out_dir
+
+
 def _function(predictor: portable.Predictor):
   """inputs -> outputs with the params as constants (float32 outputs)."""
   variables = predictor.variables

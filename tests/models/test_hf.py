@@ -207,3 +207,48 @@ def test_an_imported_vit_fine_tunes_on_an_image_folder(tmp_path):
   table = (tmp_path / "run" / "init_from.txt").read_text()
   assert "re-initialised" in table and "head/kernel" in table and "missing" not in table
   assert np.isfinite(results["test_loss"])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+def test_export_to_hugging_face_is_the_inverse_of_import(name, tmp_path):
+  from bigjax.models import hf_export
+  hf_config = hf.read_config(hf.PREFIX + os.path.join(FIXTURES, name))
+  model_config = hf.model_config(hf_config)
+  _, params, _, _ = _imported(os.path.join(FIXTURES, name))
+  hf_export.write(str(tmp_path), params, model_config)
+  back = hf.read_config(hf.PREFIX + str(tmp_path))
+  assert hf.model_config(back) == model_config  # the same architecture
+  original = hf.read_tensors(hf.PREFIX + os.path.join(FIXTURES, name))
+  written = hf.read_tensors(hf.PREFIX + str(tmp_path))
+  tied = {"lm_head.weight"} if hf_config.get("tie_word_embeddings", name == "gpt2") else set()
+  assert set(written) == set(original) - tied - {k for k in original if "position_ids" in k}
+  for key in written:  # transformers' tensors, bit for bit
+    np.testing.assert_array_equal(written[key], original[key])
+
+
+def test_a_model_without_a_transformers_twin_is_not_exported():
+  from bigjax.models import hf_export
+  with pytest.raises(ConfigError, match="matches no transformers architecture"):
+    hf_export.hf_config_of(dict(name="gpt", hidden_size=32, num_heads=4, depth=1,
+                                vocab_size=50, context_length=8, positions="rope"))
+  with pytest.raises(ConfigError, match='writes language models .* this run is "mlp"'):
+    hf_export.hf_config_of(dict(name="mlp"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (importlib.util.find_spec("torch")
+                         and importlib.util.find_spec("transformers")),
+                    reason="needs torch and transformers (make_fixtures.py's header)")
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+def test_transformers_loads_an_export_to_the_fixtures_logits(name, tmp_path):
+  import torch
+  import transformers
+  from bigjax.models import hf_export
+  model_config = hf.model_config(hf.read_config(hf.PREFIX + os.path.join(FIXTURES, name)))
+  _, params, expected, _ = _imported(os.path.join(FIXTURES, name))
+  hf_export.write(str(tmp_path), params, model_config)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), attn_implementation="eager").eval()
+  with torch.no_grad():
+    logits = model(torch.tensor(expected["tokens"])).logits.numpy()
+  np.testing.assert_allclose(logits, expected["logits"], atol=1e-5)

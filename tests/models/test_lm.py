@@ -206,6 +206,19 @@ def test_lm_trains_evaluates_checkpoints_and_samples(tmp_path):
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert texts[0] in proc.stdout + proc.stderr
+  # Out as a Hugging Face checkpoint (GPT-2's architecture), and back in: the same params.
+  from bigjax.finetuning import finetune
+  from bigjax.inference import export
+  from bigjax.models import hf
+  from bigjax.training import checkpoint
+  folder = export.export_hf(config, str(tmp_path / "run"))
+  hf_config = hf.read_config(hf.PREFIX + folder)
+  assert hf_config["architectures"] == ["GPT2LMHeadModel"]
+  back = hf.convert(hf.read_tensors(hf.PREFIX + folder), hf_config)
+  _, trained = checkpoint.latest_params(str(tmp_path / "run"))
+  assert back.keys() == finetune.flatten(trained).keys()
+  for key, value in finetune.flatten(trained).items():
+    np.testing.assert_array_equal(back[key], value)
 
 
 @pytest.mark.slow
