@@ -152,6 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if _is_writer():
       write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
       portable.write_spec(workdir, programs, config)
+      _write_tokenizer(workdir, programs.data.tokenizer)
       _write_config(config, workdir)
       log.drop_after(resumed_from or 0)
     loop = loop_lib.LoopState.resumed(int(state.step), programs.total_steps,
@@ -186,6 +187,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if checkpoints is not None and checkpoints.best_manager is not None:
       checkpoints.best_manager.close()
   return results
+
+
+def _write_tokenizer(workdir: str, tokenizer: str | None) -> None:
+  """tokenizer.json beside the checkpoints (sampling reads it): the run's own tokenizer."""
+  if tokenizer is None:
+    return
+  path = os.path.join(workdir, "tokenizer.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(tokenizer)
+  os.replace(path + ".tmp", path)
 
 
 def _write_config(config, workdir: str) -> None:

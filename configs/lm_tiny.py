@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.update(source="text", name="text", path=FORTUNES, download=False,
                      validation_fraction=0.05, test_fraction=0.05)
   config.data.seq_len = 128
+  # bytes (vocab 256) | bpe:N (a byte-level BPE of N tokens trained on the training text;
+  # set model.vocab_size=N) | the path of a tokenizer.json. Saved as WORKDIR/tokenizer.json.
+  config.data.tokenizer = "bytes"
   if tfds_name:  # TFDS's own train and test splits; validation: the end of train
     config.data.update(source="tfds_text", name=tfds_name, path="", download=True)
   config.loss.name = "token_cross_entropy"

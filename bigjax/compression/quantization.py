@@ -44,9 +44,16 @@ def rules(mode: str) -> list:
   raise ConfigError(f"--quantize={mode!r}: use one of {', '.join(MODES)}.")
 
 
+def _stock_convolutions(model):
+  """qwix rewrites lax's convolutions; bigjax's CPU im2col kernel would reach it as a matmul
+  of a reshaped kernel, whose int8 copy no longer fits the param's shape."""
+  return model.clone(conv_impl="xla") if hasattr(model, "conv_impl") else model
+
+
 def aware(model, mode: str):
   """The model with qwix's fake quantization (straight-through gradients) for training."""
   import qwix
+  model = _stock_convolutions(model)
   if mode == "weights":
     raise ConfigError('config.quantize.aware="weights": quantization-aware training is for '
                       '"dynamic" or "static" (weights alone lose too little to train for).')
@@ -73,7 +80,7 @@ def quantize(predictor: portable.Predictor, mode: str,
       raise ConfigError("--quantize=static calibrates activation scales on training examples; "
                         "none were given.")
     stats = _calibrate(predictor.model, params, others, chosen, calibration, batch_size)
-  model = qwix.quantize_model(predictor.model, qwix.PtqProvider(chosen))
+  model = qwix.quantize_model(_stock_convolutions(predictor.model), qwix.PtqProvider(chosen))
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
   quantized = qwix.quantize_params(params, abstract["params"], stats)
   in_float = kernels_in_float(quantized)
@@ -89,7 +96,7 @@ def _calibrate(model, params, others: dict, chosen: list, calibration: np.ndarra
                batch_size: int) -> Any:
   """Activation statistics (qwix's quant_stats) over the calibration examples."""
   import qwix
-  calibrating = qwix.quantize_model(model, qwix.QtProvider(chosen))
+  calibrating = qwix.quantize_model(_stock_convolutions(model), qwix.QtProvider(chosen))
   example = jnp.zeros((1, *calibration.shape[1:]), calibration.dtype)
   stats = calibrating.init(jax.random.PRNGKey(0), example, train=False)["quant_stats"]
 

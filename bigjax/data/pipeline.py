@@ -97,6 +97,7 @@ class PreparedData:
   test: Split
   class_names: list[str]
   stats: dict  # scaling and standardisation statistics, saved with the run
+  tokenizer: str | None = None  # tokenizers' JSON of a text source (saved as tokenizer.json)
 
   @property
   def num_classes(self) -> int:
@@ -249,4 +250,5 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     for split in (train, validation, test):
       if split is not None:
         split.images = np.asarray(split.images)
-  return PreparedData(train, validation, test, class_names, stats)
+  return PreparedData(train, validation, test, class_names, stats,
+                      getattr(raw, "tokenizer", None))

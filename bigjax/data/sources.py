@@ -43,6 +43,8 @@ class RawData:
   # otherwise config.data.validation_fraction of train is held out at random.
   validation_images: np.ndarray | None = None
   validation_labels: np.ndarray | None = None
+  # A text source's tokenizer (tokenizers' JSON), saved with the run as tokenizer.json.
+  tokenizer: str | None = None
 
   @property
   def num_classes(self) -> int:
@@ -230,10 +232,19 @@ def load_text(data_config: Mapping[str, Any]) -> RawData:
                       "folder of them (offline demo: apt-get install fortunes, then "
                       "--config.data.path=/usr/share/games/fortunes). For a TFDS text "
                       "dataset by name use config.data.source='tfds_text'.")
-  stream = _byte_tokens(text.read_utf8(text.text_files(data_config["path"])))
-  train, validation, test = text.split_by_position(
-      stream, data_config["validation_fraction"], data_config.get("test_fraction", 0.1))
-  return _token_windows(train, validation, test, data_config)
+  data = text.read_utf8(text.text_files(data_config["path"]))
+  fractions = data_config["validation_fraction"], data_config.get("test_fraction", 0.1)
+  spec = data_config.get("tokenizer", "bytes") or "bytes"
+  tokenizer = None
+  if spec == "bytes":
+    stream = _byte_tokens(data)
+  else:  # a trained tokenizer sees the training text only (the text before the splits)
+    tokenizer = text.build_tokenizer(spec, data[:int(len(data) * (1 - sum(fractions)))])
+    stream = text.encode_with(tokenizer, data.decode("utf-8"))
+  train, validation, test = text.split_by_position(stream, *fractions)
+  raw = _token_windows(train, validation, test, data_config)
+  raw.tokenizer = tokenizer.to_str() if tokenizer is not None else None
+  return raw
 
 
 @register_source("text_classification")

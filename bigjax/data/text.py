@@ -23,6 +23,38 @@ def decode(tokens) -> str:
   return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
+def build_tokenizer(spec: str, training_text: bytes):
+  """A `tokenizers.Tokenizer`: "bpe:N" trains a byte-level BPE of N tokens on the training
+  text (GPT-2's kind: every byte has a token, so any text encodes); a path loads a Hugging
+  Face tokenizer.json (e.g. the one beside an imported checkpoint's weights)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  if spec.startswith("bpe:"):
+    try:
+      size = int(spec[4:])
+    except ValueError:
+      size = 0
+    if size < 257:
+      raise ConfigError(f'config.data.tokenizer="{spec}": use bpe:N with N > 256 (the 256 '
+                        'bytes come first), e.g. "bpe:4096".')
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = training_text.decode("utf-8").splitlines(keepends=True)
+    tokenizer.train_from_iterator(lines, trainer)
+    return tokenizer
+  path = os.path.expanduser(spec)
+  if not os.path.isfile(path):
+    raise ConfigError(f'config.data.tokenizer="{spec}": no such tokenizer.json. Use "bytes", '
+                      '"bpe:N" (trained on the text), or the path of a tokenizer.json.')
+  return Tokenizer.from_file(path)
+
+
+def encode_with(tokenizer, text: str) -> np.ndarray:
+  return np.asarray(tokenizer.encode(text).ids, np.int32)
+
+
 def text_files(path: str) -> list[str]:
   """A file, or the text files of a folder (recursively, sorted; names without an extension
   or ending .txt/.md/.text; links, hidden files and other extensions are left out)."""

@@ -168,8 +168,14 @@ def export_hf(config, workdir: str, step: str | int = "latest",
   try:
     hf_export.write(partial, raw["params"], config.model)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(raw["params"]))
-    tokens = ("\nThe run's tokens are UTF-8 bytes (ids 0-255): no tokenizer; feed "
-              "`list(text.encode())`.\n" if config.model.vocab_size == 256 else "")
+    saved_tokenizer = os.path.join(workdir, "tokenizer.json")
+    if os.path.exists(saved_tokenizer):  # the run's own (bpe:N or a given tokenizer.json)
+      shutil.copy(saved_tokenizer, os.path.join(partial, "tokenizer.json"))
+      tokens = ("\ntokenizer.json is the run's tokenizer: `PreTrainedTokenizerFast("
+                "tokenizer_file=\"tokenizer.json\")`.\n")
+    else:
+      tokens = ("\nThe run's tokens are UTF-8 bytes (ids 0-255): no tokenizer; feed "
+                "`list(text.encode())`.\n")
     with open(os.path.join(partial, "README.md"), "w") as f:
       f.write(HF_README.format(workdir=os.path.abspath(workdir), step=chosen,
                                architecture=hf_config["architectures"][0], params=count,

@@ -121,10 +121,17 @@ def sample(config, workdir: str, prompt: str, step="latest", max_new_tokens: int
   params = state.params
   if lora.is_lora(params):
     params = lora.merge(params, programs.model.scale)
-  tokens = jnp.asarray(np.tile(text.encode(prompt), (num_samples, 1)))
+  encode, decode = text.encode, text.decode  # byte tokens, unless the run saved a tokenizer
+  saved = os.path.join(workdir, "tokenizer.json")
+  if os.path.exists(saved):
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(saved)
+    encode = lambda t: text.encode_with(tokenizer, t)
+    decode = lambda ids: tokenizer.decode([int(i) for i in ids])
+  tokens = jnp.asarray(np.tile(encode(prompt), (num_samples, 1)))
   out = generate(programs.base_model, params, tokens, max_new_tokens, jax.random.PRNGKey(seed),
                  temperature, top_k, top_p)
-  texts = [text.decode(row) for row in np.asarray(out)]
+  texts = [decode(row) for row in np.asarray(out)]
   with open(os.path.join(workdir, "samples.txt"), "w") as f:
     for t in texts:
       f.write(f"--- step {chosen}, temperature {temperature}, top_k {top_k}, "

@@ -311,3 +311,36 @@ def test_remat_recomputes_the_same_loss_and_gradients(norm, tie_embeddings):
   np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                results[True][1], results[False][1])
+
+
+@pytest.mark.slow
+def test_a_bpe_tokenizer_trained_on_the_text_is_saved_with_the_run_and_samples(tmp_path):
+  from bigjax.inference import sample
+  from bigjax.registry import ConfigError
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.data.update(path=str(_corpus(tmp_path)), tokenizer="bpe:300")
+    config.train.num_steps = 30
+    config.report.plots = config.report.html = False
+  with pytest.raises(ConfigError, match=r"token ids up to \d+, but the model's vocabulary is "
+                     "config.model.vocab_size=256"):
+    train.run(config, str(tmp_path / "too_small"))
+  with config.unlocked():
+    config.model.vocab_size = 300
+  results = train.run(config, str(tmp_path / "run"))
+  assert np.isfinite(results["test_loss"])
+  from tokenizers import Tokenizer
+  tokenizer = Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
+  assert tokenizer.get_vocab_size() == 300
+  prompt = "the quick"
+  assert len(tokenizer.encode(prompt).ids) < len(prompt.encode())  # merges learnt
+  texts = sample.sample(config, str(tmp_path / "run"), prompt, max_new_tokens=5,
+                        temperature=0.0)
+  assert texts[0].startswith(prompt) and len(texts[0]) > len(prompt)
+  resumed = train.run(config, str(tmp_path / "run"))  # the same tokenizer is trained again
+  assert resumed["steps"] == results["steps"]
+  from bigjax.inference import export
+  folder = export.export_hf(config, str(tmp_path / "run"))  # ships its tokenizer
+  assert (tmp_path / "run" / "export_hf" / "tokenizer.json").read_text() == (
+      tmp_path / "run" / "tokenizer.json").read_text()
+  assert "PreTrainedTokenizerFast" in open(os.path.join(folder, "README.md")).read()
