@@ -64,8 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.test_fraction = 0.05
     config.data.augment.mlm_probability = 0.15
     config.loss.name = "masked_token_cross_entropy"
-    config.eval.update(every_epoch="", at_end="")
-    config.checkpoint.best_metric = ""
+    # Validation and test masked once (fixed positions): loss and accuracy on those tokens.
+    config.eval.update(every_epoch="validation", at_end="validation,test",
+                       metrics="loss,masked_accuracy")
+    config.checkpoint.best_metric = "validation/loss"
     config.report.plots = False
   if small:
     config.model.update(hidden_size=32, depth=1, num_heads=2, intermediate_size=64)

@@ -193,6 +193,23 @@ def top_k_accuracy(k: int) -> Metric:
 METRICS.register("top5_accuracy")(top_k_accuracy(5))
 
 
+def _masked_token_sums(outputs, labels, weights, loss):
+  """Masked-LM [B, T, V] outputs against labels that are a token where one was masked and
+  -1 elsewhere: (correct masked tokens, masked tokens), each example weighted."""
+  chosen = labels >= 0
+  hits = (outputs.argmax(-1) == labels) & chosen
+  axes = tuple(range(1, labels.ndim))
+  return (hits.sum(axes) * weights).sum(), (chosen.sum(axes) * weights).sum()
+
+
+METRICS.register("masked_accuracy")(Metric(
+    ("masked_correct", "masked_count"),
+    lambda t: {"masked_accuracy": float(_ratio(t["masked_correct"], t["masked_count"])),
+               "masked_tokens": int(round(float(t["masked_count"])))},
+    sum_fns={"masked_correct": lambda o, y, w, loss: _masked_token_sums(o, y, w, loss)[0],
+             "masked_count": lambda o, y, w, loss: _masked_token_sums(o, y, w, loss)[1]}))
+
+
 def get_metric(name: str) -> Metric:
   """A metric by name: registered, 'top<k>_accuracy', or 'package.module:factory'."""
   match = _TOP_K.fullmatch(name)

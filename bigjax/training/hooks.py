@@ -41,7 +41,8 @@ logging = py_logging.getLogger("bigjax.train")
 
 PLOT_INTERVAL_SECONDS = 60.0
 # The metrics a log line shows, when computed.
-HEADLINE = ("loss", "accuracy", "f1_macro", "mse", "r2", "perplexity", "bits_per_byte")
+HEADLINE = ("loss", "accuracy", "masked_accuracy", "f1_macro", "mse", "r2", "perplexity",
+            "bits_per_byte")
 
 
 class Hook:

@@ -155,6 +155,8 @@ class Programs:
         precision.describe(self.compute_dtype, self.param_dtype))
     self.data = data_lib.load(config.data)
     validate.check_data(config, self.data)
+    if self.data.is_tokens and config.data.augment.get("mlm_probability"):
+      _fix_evaluation_masks(self.data, config.data, int(config.model.vocab_size))
     # Device placement: each split lives in device memory (a copy on each device) and
     # batches are gathered there. Host placement: splits stay on the host (lazily read) and
     # each batch is copied over, split across the devices.
@@ -488,6 +490,23 @@ class Programs:
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """Softmax class probabilities [N, C] for model-ready images [N, H, W, C]."""
     return metrics_lib.softmax_probabilities(self.outputs(state, images))
+
+
+def _fix_evaluation_masks(data, data_config, vocab_size: int) -> None:
+  """Masked-LM: the validation and test splits masked once, with keys from split_seed, so
+  every evaluation scores the same masked positions (training draws new masks each step)."""
+  from bigjax.data.augment import mask_tokens
+  opts = data_config.augment
+  for index, split in enumerate((data.validation, data.test)):
+    if split is None or not len(split):
+      continue
+    tokens = np.asarray(split.images)
+    inputs, labels = mask_tokens(
+        jnp.asarray(tokens), jax.random.fold_in(jax.random.PRNGKey(data_config.split_seed),
+                                                index),
+        float(opts.mlm_probability), int(opts.mlm_mask_id), int(opts.mlm_first_regular_id),
+        vocab_size)
+    split.images, split.labels = np.asarray(inputs), np.asarray(labels)
 
 
 def _version(package: str) -> str:

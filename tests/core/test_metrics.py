@@ -1,5 +1,6 @@
 """Metrics against scikit-learn, early stopping and stop targets."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn import metrics as sk
@@ -146,3 +147,19 @@ def test_stop_targets_parse_and_trigger():
   assert termination.mode_of("validation/f1_macro") == "max"
 
 
+
+
+def test_masked_accuracy_counts_only_the_masked_tokens():
+  from bigjax.core import metrics
+  logits = np.zeros((2, 3, 5), np.float32)
+  logits[0, 0, 2] = logits[0, 1, 4] = logits[1, 2, 1] = logits[1, 0, 3] = 1.0
+  labels = np.array([[2, 0, -1], [-1, -1, 1]])  # 3 masked tokens, 2 predicted right
+  weights = np.array([1.0, 1.0])
+  values = metrics.compute(["masked_accuracy"], metrics.total([metrics.compute_sums(
+      metrics.sum_functions(["masked_accuracy"]), jnp.asarray(logits), jnp.asarray(labels),
+      jnp.asarray(weights), jnp.zeros(2))]))
+  assert values["masked_accuracy"] == pytest.approx(2 / 3) and values["masked_tokens"] == 3
+  padded = metrics.compute(["masked_accuracy"], metrics.total([metrics.compute_sums(
+      metrics.sum_functions(["masked_accuracy"]), jnp.asarray(logits), jnp.asarray(labels),
+      jnp.asarray([1.0, 0.0]), jnp.zeros(2))]))  # the second example is padding
+  assert padded["masked_accuracy"] == 0.5 and padded["masked_tokens"] == 2

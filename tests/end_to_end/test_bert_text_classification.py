@@ -66,6 +66,13 @@ def test_masked_lm_pre_training_then_fine_tuning(tmp_path):
   rows = [json.loads(line) for line in open(pretrained / "metrics.jsonl")]
   losses = [r["loss"] for r in rows if r["split"] == "train"]
   assert losses[0] > 4.5 and losses[-1] < 2.5, losses  # ln 260 = 5.56
+  # Validation and test are masked once: accuracy on their masked tokens, the same each time.
+  results = json.load(open(pretrained / "results.json"))
+  test = results["metrics"]["test"]
+  assert test["masked_tokens"] > 50 and test["masked_accuracy"] > 0.15  # chance: ~1/256
+  from bigjax.inference import evaluate as inference
+  again = inference.evaluate(config, str(pretrained), "test")["test"]
+  assert again == test
   tuned = train.run(_config(tmp_path, **{"init_from.path": str(pretrained),
                                          "init_from.skip": "^(mlm_|pooler|classifier)"}),
                     str(tmp_path / "tuned"))
