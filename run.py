@@ -52,7 +52,7 @@ flags.DEFINE_enum("export_format", "jax", ["jax", "hf"], "export: jax (StableHLO
                   "or hf (a language model as a Hugging Face checkpoint: GPT-2, Llama, Qwen2).")
 flags.DEFINE_bool("onnx", True, "export: also write model.onnx (needs bigjax[export]).")
 flags.DEFINE_enum("quantize", None, ["weights", "dynamic", "static"],
-                  "quantize/export: int8 weights only, or weights and activations with "
+                  "quantize/eval/export: int8 weights only, or weights and activations with "
                   "per-batch (dynamic) or calibrated (static) scales (docs/compression.md).")
 flags.DEFINE_integer("calibration_examples", 512, "quantize/export --quantize=static: "
                      "training examples that calibrate the activation scales.")

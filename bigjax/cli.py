@@ -200,7 +200,7 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
       from bigjax.inference import export
       export.export(config, workdir, step, flag_values.export_dir, flag_values.onnx,
                     flag_values.quantize, flag_values.calibration_examples)
-    elif flag_values.mode == "quantize":
+    elif flag_values.mode == "quantize" or (flag_values.mode == "eval" and flag_values.quantize):
       from bigjax.compression import quantization
       if flag_values.quantize is None:
         raise flags.ValidationError("--mode=quantize needs --quantize=weights|dynamic|static.")

@@ -79,6 +79,9 @@ def test_quantize_mode_and_a_quantized_export_through_run_py(cnn, tmp_path):
   assert results["test"]["float"]["count"] == len(images)
   assert results["param_bytes"]["int8"] < 0.3 * results["param_bytes"]["float"]
   assert "test: accuracy" in proc.stderr and "int8 (dynamic)" in proc.stderr
+  proc = run("--mode=eval", "--quantize=weights")  # eval of the int8 model: the same report
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, "quantized_weights.json"))
   proc = run("--mode=export", "--quantize=dynamic", f"--export_dir={tmp_path / 'int8'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   float_dir = export.export(config, workdir, out_dir=str(tmp_path / "float"), onnx=False)
