@@ -173,7 +173,7 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
     if config is None:
       raise flags.ValidationError("--mode=summary needs --config=configs/<name>.py.")
     from bigjax.outputs import summary
-    text = summary.write(summary.report_for_config(config), workdir, title=config_path)
+    text = summary.write(summary.report_for_run(config, workdir), workdir, title=config_path)
     print(text)
     py_logging.getLogger("bigjax").info("summary written to %s/summary.md and summary.json",
                                         workdir)

@@ -63,6 +63,11 @@ def _flat_leaves(tree: Any) -> dict[str, Any]:
   return flat
 
 
+def _concrete(params: dict) -> bool:
+  """Trained values (a run's checkpoint), not shapes: non-zero counts mean something."""
+  return bool(params) and all(isinstance(v, (np.ndarray, jax.Array)) for v in params.values())
+
+
 def _size(x) -> int:
   return int(np.prod(x.shape))
 
@@ -146,6 +151,8 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
         **_weights_and_biases(params),
         "non_trainable": sum(_size(v) for v in state.values()),
         "flops_per_example": _flops(layer_type, params, call["input"], call["output"]),
+        **({"nonzero": sum(int(np.count_nonzero(v)) for v in params.values())}
+           if _concrete(params) else {}),
     })
 
   top = _direct_leaves(variables.get("params", {}))  # e.g. a ViT's position embedding
@@ -164,6 +171,9 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
   non_trainable = sum(_size(x) for c, tree in variables.items() if c != "params"
                       for x in jax.tree.leaves(tree))
   param_bytes = sum(_size(x) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(variables))
+  leaves = jax.tree.leaves(variables.get("params", {}))
+  nonzero = (sum(int(np.count_nonzero(x)) for x in leaves)
+             if leaves and _concrete(dict(enumerate(leaves))) else None)
   depth = sum(1 for layer in layers if layer["type"] in WEIGHT_TYPES
               and layer.get("in_depth", True)
               and not layer["path"].split("/")[-1].startswith("shortcut"))
@@ -173,6 +183,7 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
       "trainable_params": trainable, "non_trainable_params": non_trainable,
       "param_bytes": int(param_bytes), "depth": depth, "depth_definition": DEPTH_DEFINITION,
       "flops_per_example": sum(layer["flops_per_example"] for layer in layers),
+      **({"nonzero_params": nonzero} if nonzero is not None else {}),
   }
 
 
@@ -207,13 +218,19 @@ def to_markdown(report: dict, title: str = "") -> str:
            f"({report['param_bytes']:,} bytes); depth {report['depth']} "
            f"({report['depth_definition']}); {report['flops_per_example']:,} FLOPs per "
            "example (forward).", "",
-           "| layer | type | input | output | weights | biases | non-trainable | FLOPs/example |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| layer | type | input | output | weights | biases | non-trainable | FLOPs/example |"
+           + (" non-zero |" if "nonzero_params" in report else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if "nonzero_params" in report else "")]
+  if "nonzero_params" in report:  # a trained run's params: what pruning left
+    lines[2] += (f" Trained params (the run's checkpoint): {report['nonzero_params']:,} "
+                 "non-zero.")
   for layer in report["layers"]:
     lines.append(f"| {layer['path']} | {layer['type']} | {_shape(layer['input_shape'])} | "
                  f"{_shape(layer['output_shape'])} | {layer['weights']:,} | "
                  f"{layer['biases']:,} | {layer['non_trainable']:,} | "
-                 f"{layer['flops_per_example']:,} |")
+                 f"{layer['flops_per_example']:,} |"
+                 + (f" {layer.get('nonzero', layer['weights'] + layer['biases']):,} |"
+                    if "nonzero_params" in report else ""))
   lines += ["", "| layer type | layers | trainable | non-trainable | FLOPs/example |",
             "|---|---|---|---|---|"]
   order = list(WEIGHT_TYPES[:2]) + ["normalisation", "attention", "embedding"]
@@ -267,6 +284,23 @@ def report_for_config(config) -> dict:
   example = jnp.asarray(example)
   variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
   return summarize(model, variables, example)
+
+
+def report_for_run(config, workdir: str) -> dict:
+  """A trained run's report: its checkpoint's params, so each layer's non-zero count (what
+  pruning left) is in it; a workdir without checkpoints gets report_for_config's."""
+  from bigjax.models import build_model
+  from bigjax.training import checkpoint
+  if not checkpoint.list_steps(workdir):
+    return report_for_config(config)
+  raw, _, _ = checkpoint.read(workdir)
+  variables = {"params": raw["params"], **(raw.get("model_state") or {})}
+  from bigjax.data import spec
+  example = spec.example_input(config.data)
+  if example is None:
+    from bigjax import data as data_lib
+    example = data_lib.load(config.data).train.images[:1]
+  return summarize(build_model(config.model), variables, jnp.asarray(example))
 
 
 def write(report: dict, workdir: str, title: str = "") -> str:

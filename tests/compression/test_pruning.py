@@ -96,6 +96,14 @@ def test_a_pruned_run_resumes_with_its_masks_bit_for_bit(tmp_path):
   assert layers["dense_0/kernel"]["nonzero"] == 8192 - int(0.8 * 8192)
   assert layers["head/kernel"]["nonzero"] == 1280 - int(0.8 * 1280)
   assert straight["test_accuracy"] > 0.8  # 80% sparse and still a working classifier
+  from bigjax.outputs import summary  # --mode=summary of the run: non-zero per layer
+  report = summary.report_for_run(_digits(160), str(tmp_path / "straight"))
+  by_path = {layer["path"]: layer for layer in report["layers"]}
+  _, params = checkpoint.latest_params(str(tmp_path / "straight"))
+  bias_nonzero = int(np.count_nonzero(params["dense_0"]["bias"]))  # (a dead unit's stays 0)
+  assert by_path["dense_0"]["nonzero"] == 8192 - int(0.8 * 8192) + bias_nonzero
+  assert report["nonzero_params"] == straight["pruning"]["nonzero_params"]
+  assert "non-zero |" in summary.to_markdown(report)
   train.run(_digits(50), str(tmp_path / "resumed"))  # stopped mid-schedule, then resumed
   resumed = train.run(_digits(160), str(tmp_path / "resumed"))
   assert resumed["resumed_from_step"] == 50
