@@ -80,6 +80,19 @@ def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
       ("config.json that names code", ["--mode=eval", f"--workdir={tmp}/plugin_run"], "error"),
       ("flipped bit in the latest checkpoint", ["--mode=eval", f"--workdir={tmp}/flipped"],
        "warning"),
+      ("teacher of other classes", [*DIGITS, w("a"), f"--config.distill.teacher={trained}",
+                                    "--config.data.classes=(0,1,2)"], "error"),
+      ("pruning that matches no kernel", [*DIGITS, w("a"), "--config.prune.sparsity=0.5",
+                                          "--config.prune.include=^nothing"], "error"),
+      ("sparsity of 1.5", [*DIGITS, w("a"), "--config.prune.sparsity=1.5"], "error"),
+      ("--mode=quantize without --quantize", ["--mode=quantize", f"--workdir={trained}"],
+       "error"),
+      ("static QAT through convolutions", ["--config=configs/digits.py:cnn", *QUIET, w("a"),
+                                           "--config.quantize.aware=static"], "error"),
+      ("int8 weights of a CNN (convolutions stay float)",
+       ["--mode=quantize", "--quantize=weights", f"--workdir={tmp}/cnn"], "warning"),
+      ("export of a run without inference.json", ["--mode=export", f"--workdir={tmp}/old"],
+       "error"),
   ]
 
 
@@ -107,6 +120,12 @@ def _prepare(tmp: str, trained: str) -> None:
   config = json.load(open(f"{plugin}/config.json"))
   config["model"] = {"name": "subprocess:Popen", "args": f"touch {tmp}/ran", "shell": True}
   json.dump(config, open(f"{plugin}/config.json", "w"))
+  old = f"{tmp}/old"  # a run from before inference.json
+  shutil.copytree(trained, old)
+  os.remove(f"{old}/inference.json")
+  subprocess.run([sys.executable, "run.py", "--config=configs/digits.py:cnn", *QUIET,
+                  f"--workdir={tmp}/cnn", "--config.train.num_epochs=1"], cwd=ROOT,
+                 capture_output=True, check=True)
   flipped = f"{tmp}/flipped"
   shutil.copytree(trained, flipped)
   latest = max(int(s) for s in os.listdir(f"{flipped}/checkpoints") if s.isdigit())

@@ -300,7 +300,17 @@ def report_for_run(config, workdir: str) -> dict:
   if example is None:
     from bigjax import data as data_lib
     example = data_lib.load(config.data).train.images[:1]
-  return summarize(build_model(config.model), variables, jnp.asarray(example))
+  model, example = build_model(config.model), jnp.asarray(example)
+  from bigjax.models import init_variables
+  expected = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(expected.get("params", {})) != shapes(variables["params"]):
+    import logging
+    logging.getLogger("bigjax").warning(
+        "%s holds a run of another model than this config's: the summary is of the config "
+        "alone (no non-zero counts)", workdir)
+    return summarize(model, expected, example)
+  return summarize(model, variables, example)
 
 
 def write(report: dict, workdir: str, title: str = "") -> str:
