@@ -252,3 +252,32 @@ def test_transformers_loads_an_export_to_the_fixtures_logits(name, tmp_path):
   with torch.no_grad():
     logits = model(torch.tensor(expected["tokens"])).logits.numpy()
   np.testing.assert_allclose(logits, expected["logits"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_fine_tunes_an_imported_llama_leaving_its_weights_as_imported(tmp_path):
+  """The LoRA recipe on a Hugging Face checkpoint: hf: sets the architecture, the imported
+  weights load into the frozen base, only the rank-4 adapters train."""
+  from bigjax import train
+  from bigjax.finetuning import lora
+  from bigjax.training import checkpoint
+  from configs import lm_tiny
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("0101 10!, 0.1 " * 400)
+  config = lm_tiny.get_config("small")
+  with config.unlocked():
+    config.init_from.path = "hf:" + os.path.join(FIXTURES, "llama")
+    config.lora.update(rank=4, alpha=8.0, targets="attention/qkv|mlp_")
+    config.data.update(path=str(corpus), seq_len=12)
+    config.train.update(num_steps=6, batch_size=4)
+    config.optimizer.learning_rate = 1e-2
+    config.report.update(plots=False, html=False, tensorboard=False)
+  results = train.run(config, str(tmp_path / "run"))
+  assert results["trainable_params"] < 0.5 * results["num_params"]
+  _, trained = checkpoint.latest_params(str(tmp_path / "run"))
+  assert lora.is_lora(trained)
+  _, imported, _, _ = _imported(os.path.join(FIXTURES, "llama"))
+  jax.tree.map(np.testing.assert_array_equal, trained[lora.BASE], jax.device_get(imported))
+  moved = [float(np.abs(b).max()) for path, b in finetune.flatten(trained[lora.ADAPTERS]).items()
+           if path.endswith("/b")]
+  assert moved and max(moved) > 0  # the adapters' B (zero at the start) trained
