@@ -269,6 +269,23 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
   return RawData(train_x, train_y, test_x, test_y, 0.0, classes)
 
 
+@register_source("tfds_text_classification")
+def load_tfds_text_classification(data_config: Mapping[str, Any]) -> RawData:
+  """A TFDS text-classification dataset by name (imdb_reviews, ag_news_subset, ...): its
+  train_split and test_split, the text feature `text_column` tokenized as
+  config.data.tokenizer says (bytes or a tokenizer.json), the labels its ClassLabel names."""
+  from bigjax.data import text_classification as tc
+  splits = {}
+  for split in ("train_split", "test_split"):
+    texts, labels, names = tfds_source.load_tfds_text_classification(
+        data_config["name"], data_config[split], data_config["data_dir"] or None,
+        data_config["download"], data_config.get("text_column", "text"),
+        data_config.get("label_column", "label"))
+    splits[split] = (tc.tokenize(texts, data_config.get("tokenizer", "bytes"),
+                                 int(data_config.get("seq_len", 128))), labels)
+  return RawData(*splits["train_split"], *splits["test_split"], 0.0, names)
+
+
 @register_source("tfds_text")
 def load_tfds_text(data_config: Mapping[str, Any]) -> RawData:
   """A TFDS text dataset by name (`name`: tiny_shakespeare, lm1b, ...) as byte-level

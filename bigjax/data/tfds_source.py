@@ -166,6 +166,36 @@ def load_tfds_text(name: str, split: str, data_dir: str | None, download: bool) 
   return b"".join(chunks)
 
 
+def load_tfds_text_classification(name: str, split: str, data_dir: str | None, download: bool,
+                                  text_key: str = "text", label_key: str = "label"
+                                  ) -> tuple[list[str], np.ndarray, list[str]]:
+  """(texts, int32 labels, class names) of one split of a TFDS text-classification dataset
+  (imdb_reviews, ag_news_subset, yelp_polarity_reviews, ...)."""
+  builder = _builder(name, data_dir)
+  features = builder.info.features
+  texts_in = [k for k, f in features.items() if type(f).__name__ == "Text"]
+  label = dict(features.items()).get(label_key)
+  if text_key not in texts_in or type(label).__name__ != "ClassLabel":
+    raise ConfigError(
+        f'TFDS "{name}" has no text feature "{text_key}" with class labels "{label_key}" '
+        f"(text features: {', '.join(texts_in) or 'none'}; all: {', '.join(features.keys())}). "
+        "Set config.data.text_column and label_column.")
+  examples = _prepared_examples(builder, name, split, data_dir, download, _LOCAL_TEXT)
+  if examples is None:
+    _disable_tf_gpu()
+    import tensorflow_datasets as tfds
+    batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    raw_texts, labels = list(batch[text_key]), np.asarray(batch[label_key])
+  else:
+    raw_texts = [ex[text_key] for ex in examples]
+    labels = np.asarray([ex[label_key] for ex in examples])
+  if not raw_texts:
+    raise ConfigError(f'TFDS split "{split}" of "{name}" selects no examples.')
+  texts = [t if isinstance(t, str) else bytes(t).decode("utf-8", errors="replace")
+           for t in raw_texts]
+  return texts, labels.astype(np.int32), list(features[label_key].names)
+
+
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool,
                     image_key: str = "image", label_key: str = "label", size=None):
   """(images [N, H, W, C], labels int32 [N], class_names) of one TFDS split, each image

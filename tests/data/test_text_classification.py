@@ -91,3 +91,27 @@ def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
   assert raw.train_images.shape == (40, 8) and raw.test_images.shape == (10, 8)
   np.testing.assert_array_equal(raw.test_images, again.test_images)  # fixed by split_seed
   assert set(raw.train_labels.tolist()) == {0, 1}
+
+
+@pytest.mark.slow
+def test_a_tfds_text_classification_dataset_by_name_trains_on_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  from bigjax import train
+  from bigjax.data import sources
+  from configs import fortunes_bert
+  config = fortunes_bert.get_config("small")
+  with config.unlocked():
+    config.data.update(source="tfds_text_classification", name="imdb_reviews",
+                       download=True, categories=())
+    config.model.num_classes = 2
+    config.train.update(num_steps=4, batch_size=8)
+    config.report.update(plots=False, html=False, tensorboard=False)
+  with tfds.testing.mock_data(num_examples=40):
+    raw = sources.load_raw(config.data)
+    results = train.run(config, str(tmp_path / "run"))
+  assert raw.class_names == ["neg", "pos"] and raw.train_images.shape == (40, 32)
+  assert set(np.unique(raw.train_labels)) <= {0, 1}
+  assert np.isfinite(results["test_loss"])
+  with pytest.raises(ConfigError, match='no text feature "review"'):
+    with tfds.testing.mock_data(num_examples=4):
+      sources.load_raw(dict(config.data, text_column="review"))
