@@ -260,6 +260,17 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
   if not texts:
     raise ConfigError(f"No texts in {data_config.get('path')!r} (config.data.path).")
   classes = list(data_config.get("categories") or ()) or sorted(set(names))
+  found = sorted(set(names))
+  absent = [c for c in classes if c not in found]
+  if absent:
+    raise ConfigError(f"config.data.categories names {absent}, which no text in "
+                      f"{data_config.get('path')!r} has as its label; the labels are "
+                      f"{found[:30]}.")
+  if len(found) > len(classes):  # a table with more labels than the categories asked for
+    keep = [i for i, name in enumerate(names) if name in set(classes)]
+    logging.info("config.data.categories keeps %d of %d texts (labels %s left out)",
+                 len(keep), len(names), sorted(set(found) - set(classes))[:10])
+    texts, names = [texts[i] for i in keep], [names[i] for i in keep]
   index = {name: i for i, name in enumerate(classes)}
   labels = np.asarray([index[name] for name in names], np.int32)
   tokens = tc.tokenize(texts, data_config.get("tokenizer", "bytes"),

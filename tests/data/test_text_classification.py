@@ -115,3 +115,16 @@ def test_a_tfds_text_classification_dataset_by_name_trains_on_mock_data(tmp_path
   with pytest.raises(ConfigError, match='no text feature "review"'):
     with tfds.testing.mock_data(num_examples=4):
       sources.load_raw(dict(config.data, text_column="review"))
+
+
+def test_categories_select_labels_of_a_table_and_unknown_ones_are_named(tmp_path):
+  from configs import fortunes_bert
+  path = tmp_path / "texts.csv"
+  path.write_text("text,label\n" + "".join(f"text {i},{'abc'[i % 3]}\n" for i in range(30)))
+  data = dict(fortunes_bert.get_config("small").data, path=str(path))
+  raw = sources.SOURCES.get("text_classification")(dict(data, categories=("c", "a")))
+  assert raw.class_names == ["c", "a"]
+  assert len(raw.train_labels) + len(raw.test_labels) == 20  # the b texts left out
+  with pytest.raises(ConfigError, match=r"categories names \['x'\], which no text .* the "
+                     r"labels are \['a', 'b', 'c'\]"):
+    sources.SOURCES.get("text_classification")(dict(data, categories=("a", "x")))
