@@ -23,11 +23,25 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("runs", name + suffix)
 
 
+class _PlainFormatter(py_logging.Formatter):
+  """'HH:MM:SS message'; warnings and errors say so, so they stand out from progress."""
+
+  def __init__(self):
+    super().__init__("%(asctime)s %(message)s", "%H:%M:%S")
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    text = super().format(record)
+    if record.levelno >= py_logging.WARNING:
+      time_part, _, message = text.partition(" ")
+      text = f"{time_part} {record.levelname}: {message}"
+    return text
+
+
 def _quiet_logs() -> None:
   """bigjax's own lines at INFO, plainly formatted; libraries' (Orbax's are many) at WARNING."""
   logging.set_verbosity(logging.WARNING)
   handler = logging.get_absl_handler()
-  handler.setFormatter(py_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  handler.setFormatter(_PlainFormatter())
   py_logging.getLogger("bigjax").setLevel(py_logging.INFO)
 
 
