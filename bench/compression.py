@@ -12,7 +12,8 @@ IDX files), on this machine's CPU:
   distillation: the MLP taught by the CNN against the MLP from scratch, 3 seeds.
 
   python -m bench.compression [--models=mlp,cnn,resnet20] [--epochs=mlp:5,cnn:3,resnet20:2]
-      [--finetune_epochs=1] [--seeds=0,1,2] [--out=bench/results/compression_cpu2.md]
+      [--finetune_epochs=1] [--seeds=0,1,2] [--distill_epochs=5] [--distill_alpha=0.5]
+      [--distill_temperature=4] [--out=bench/results/compression_cpu2.md]
 
 Needs `apt-get install dataset-fashion-mnist` and bigjax[export]. Each measurement is
 flushed to the .jsonl beside --out as it is taken (a run cut short keeps its figures).
@@ -45,6 +46,8 @@ flags.DEFINE_integer("finetune_epochs", 1, "Epochs of QAT and of pruning fine-tu
 flags.DEFINE_list("sparsities", ["0.5", "0.8", "0.9"], "Pruning targets.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the distillation comparison.")
 flags.DEFINE_integer("distill_epochs", 5, "Epochs of each distillation student.")
+flags.DEFINE_float("distill_alpha", 0.5, "The hard-label loss's weight in distillation.")
+flags.DEFINE_float("distill_temperature", 4.0, "Distillation's temperature.")
 flags.DEFINE_string("out", "", "Also write the table (markdown) here, and .jsonl beside it.")
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -168,7 +171,9 @@ def main(argv):
     if "cnn" in f.models:  # the MLP taught by the CNN, against the MLP alone
       teacher = os.path.join(tmp, "cnn")
       for seed in map(int, f.seeds):
-        for how, extra in (("scratch", {}), ("distilled", {"distill.teacher": teacher})):
+        for how, extra in (("scratch", {}), ("distilled", {
+            "distill.teacher": teacher, "distill.alpha": f.distill_alpha,
+            "distill.temperature": f.distill_temperature})):
           results = train.run(_config("mlp", **{"seed": seed,
                                                 "train.num_epochs": f.distill_epochs,
                                                 **extra}), os.path.join(tmp, f"{how}{seed}"))
@@ -218,7 +223,10 @@ def _table(rows: list[dict], seconds: float) -> str:
                     " points against the same fine-tune in float" if pruned and tuned else ""))
   students = [r for r in rows if r["model"] == "mlp student"]
   if students:
-    lines += ["", "| seed | MLP from scratch | MLP distilled from the CNN |", "|---|---|---|"]
+    f = flags.FLAGS
+    lines += ["", f"Students: {f.distill_epochs} epochs; distilled with alpha {f.distill_alpha}, "
+              f"temperature {f.distill_temperature}.", "",
+              "| seed | MLP from scratch | MLP distilled from the CNN |", "|---|---|---|"]
     by_seed: dict = {}
     for r in students:
       by_seed.setdefault(r["seed"], {})[r["variant"]] = r["test_accuracy"]

@@ -53,6 +53,12 @@ def refuse_plugins_from(source: str, config: Mapping[str, Any]) -> None:
   fails at once, naming each, if the config names any plugin path."""
   global _untrusted_source
   _untrusted_source = source
+  check_no_plugins(source, config)
+
+
+def check_no_plugins(source: str, config: Mapping[str, Any]) -> None:
+  """Fails, naming each, if a config read from `source` names a plugin path (and changes
+  nothing else: for a second run's config read inside this one, such as a teacher's)."""
   named = plugin_paths(config)
   if named:
     raise ConfigError(

@@ -50,7 +50,7 @@ def load_teacher(distill_config: Mapping[str, Any], data) -> portable.Predictor:
   teacher_config = load_run_config(workdir)
   from bigjax import registry
   import os
-  registry.refuse_plugins_from(os.path.join(workdir, "config.json"), teacher_config)
+  registry.check_no_plugins(os.path.join(workdir, "config.json"), teacher_config)
   teacher = portable.load(workdir, teacher_config, distill_config.get("step", "latest"))
   spec = teacher.spec
   student_shape = list(np.shape(data.train.images)[1:])

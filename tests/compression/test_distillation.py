@@ -69,6 +69,8 @@ def test_a_student_without_labels_learns_from_the_teacher_alone(teacher, tmp_pat
                                           "distill.temperature": 2.0}),
                      str(tmp_path / "taught"))
   assert taught["test_accuracy"] > 0.85  # the teacher's outputs alone taught the classes
+  from bigjax import registry  # reading the teacher's config.json left plug-ins allowed
+  assert registry._untrusted_source is None
 
 
 @pytest.mark.slow
