@@ -73,12 +73,13 @@ def _latency_ms(call, inputs, repeats: int = 20) -> float:
   return 1000 * statistics.median(times)
 
 
-def _measure(name: str, variant: str, predictor, workdir: str, test, quantize=None) -> dict:
+def _measure(name: str, variant: str, predictor, workdir: str, test) -> dict:
   """Accuracy, bytes and latencies of one model (float or quantized)."""
   images, labels = test
   scores = quantization.score(predictor, images, labels)
-  folder = export.export(predictor_config(workdir), workdir, out_dir=os.path.join(
-      workdir, f"export_{variant}"), onnx=quantize is None, quantize=quantize)
+  quantized = bool(predictor.spec.get("quantized"))
+  folder = export.write_folder(predictor, workdir, os.path.join(workdir, f"export_{variant}"),
+                               onnx=not quantized)
   jax_file = os.path.join(folder, "model.jax")
   blob = open(jax_file, "rb").read()
   model = jax.export.deserialize(bytearray(blob))
@@ -95,22 +96,15 @@ def _measure(name: str, variant: str, predictor, workdir: str, test, quantize=No
     run = lambda x: session.run(None, {name_in: x})[0]
     row["onnx_ms_batch1"] = _latency_ms(run, images[:1])
     row["onnx_ms_batch256"] = _latency_ms(run, images[:256])
-  nonzero = sum(int(np.count_nonzero(x)) for x in jax.tree.leaves(predictor.variables["params"])
-                if not quantize)
-  row["nonzero_params"] = nonzero if not quantize else None
+  row["nonzero_params"] = None if quantized else sum(
+      int(np.count_nonzero(x)) for x in jax.tree.leaves(predictor.variables["params"]))
   return row
 
 
-_configs: dict[str, object] = {}
-
-
-def predictor_config(workdir: str):
-  return _configs[workdir]
-
-
-def _train(config, workdir: str) -> dict:
-  _configs[workdir] = config
-  return train.run(config, workdir)
+def _trained(config, workdir: str) -> portable.Predictor:
+  """Trains `config` in `workdir`; its model, from the workdir."""
+  train.run(config, workdir)
+  return portable.load(workdir, config)
 
 
 def main(argv):
@@ -136,37 +130,33 @@ def main(argv):
       n = int(epochs.get(name, 2))
       float_dir = os.path.join(tmp, name)
       t0 = time.perf_counter()
-      _train(_config(name, **{"train.num_epochs": n}), float_dir)
+      config = _config(name, **{"train.num_epochs": n})
+      float_model = _trained(config, float_dir)
       seconds = time.perf_counter() - t0
-      config = _configs[float_dir]
       programs = Programs(config)
       test = (np.asarray(programs.data.test.images), np.asarray(programs.data.test.labels))
       calibration = quantization.calibration_inputs(programs, 512)
-      float_model = portable.load(float_dir, config)
       record({**_measure(name, "float32", float_model, float_dir, test),
               "train_seconds": seconds, "epochs": n})
       for mode in quantization.MODES:
         quantized, in_float = quantization.quantize(float_model, mode, calibration)
-        record({**_measure(name, f"int8 {mode}", quantized, float_dir, test, mode),
+        record({**_measure(name, f"int8 {mode}", quantized, float_dir, test),
                 "kernels_in_float": len(in_float)})
       fine = {"train.num_epochs": f.finetune_epochs, "init_from.path": float_dir,
               "optimizer.learning_rate": 0.3 * config.optimizer.learning_rate}
       if "warmup_steps" in config.optimizer.get("schedule", {}):
         fine["optimizer.schedule.warmup_steps"] = 0
       tuned_dir = os.path.join(tmp, name + "_tuned")  # the control: the same fine-tune
-      _train(_config(name, **fine), tuned_dir)
-      record(_measure(name, "float32 fine-tuned", portable.load(tuned_dir, _configs[tuned_dir]),
+      record(_measure(name, "float32 fine-tuned", _trained(_config(name, **fine), tuned_dir),
                       tuned_dir, test))
       qat_dir = os.path.join(tmp, name + "_qat")
-      _train(_config(name, **fine, **{"quantize.aware": "dynamic"}), qat_dir)
-      qat = portable.load(qat_dir, _configs[qat_dir])
+      qat = _trained(_config(name, **fine, **{"quantize.aware": "dynamic"}), qat_dir)
       quantized, _ = quantization.quantize(qat, "dynamic")
-      record(_measure(name, "int8 QAT (dynamic)", quantized, qat_dir, test, "dynamic"))
+      record(_measure(name, "int8 QAT (dynamic)", quantized, qat_dir, test))
       for sparsity in map(float, f.sparsities):
         pruned_dir = os.path.join(tmp, f"{name}_pruned{sparsity}")
-        _train(_config(name, **fine, **{"prune.sparsity": sparsity,
-                                        "prune.every_steps": 50}), pruned_dir)
-        pruned = portable.load(pruned_dir, _configs[pruned_dir])
+        pruned = _trained(_config(name, **fine, **{"prune.sparsity": sparsity,
+                                                   "prune.every_steps": 50}), pruned_dir)
         record(_measure(name, f"pruned {sparsity:.0%}", pruned, pruned_dir, test))
     if "cnn" in f.models:  # the MLP taught by the CNN, against the MLP alone
       teacher = os.path.join(tmp, "cnn")

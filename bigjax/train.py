@@ -28,6 +28,7 @@ from bigjax.outputs import artifacts
 from bigjax.outputs.logs import MetricsLog
 from bigjax.outputs.logs import Progress
 from bigjax.outputs.logs import write_json
+from bigjax.outputs.logs import write_text
 from bigjax.registry import ConfigError
 from bigjax.training import checkpoint
 from bigjax.training import hooks as hooks_lib
@@ -152,7 +153,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if _is_writer():
       write_json(os.path.join(workdir, "data_stats.json"), programs.data.stats)
       portable.write_spec(workdir, programs, config)
-      _write_tokenizer(workdir, programs.data.tokenizer)
+      if programs.data.tokenizer is not None:  # the run's own, which sampling reads
+        write_text(os.path.join(workdir, "tokenizer.json"), programs.data.tokenizer)
       _write_config(config, workdir)
       log.drop_after(resumed_from or 0)
     loop = loop_lib.LoopState.resumed(int(state.step), programs.total_steps,
@@ -189,22 +191,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _write_tokenizer(workdir: str, tokenizer: str | None) -> None:
-  """tokenizer.json beside the checkpoints (sampling reads it): the run's own tokenizer."""
-  if tokenizer is None:
-    return
-  path = os.path.join(workdir, "tokenizer.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(tokenizer)
-  os.replace(path + ".tmp", path)
-
-
 def _write_config(config, workdir: str) -> None:
   """config.json, atomically: a reader (or a kill) never sees half of it."""
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  write_text(os.path.join(workdir, "config.json"),
+             config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _prepare_workdir(config, workdir: str):

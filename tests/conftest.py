@@ -19,6 +19,17 @@ if REPO_ROOT not in sys.path:  # `configs` is a folder of the repo, not part of 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
+def digits_config(**overrides):
+  """configs/digits.py without pictures, report or TensorBoard files, with `overrides`
+  ("train.num_epochs": 2, ...)."""
+  from configs import digits
+  config = digits.get_config()
+  with config.unlocked():
+    config.report.update(plots=False, html=False, tensorboard=False)
+    config.update_from_flattened_dict(overrides)
+  return config
+
+
 @pytest.fixture
 def fashion_mnist_dir():
   if not os.path.isdir(DEBIAN_FASHION_MNIST):

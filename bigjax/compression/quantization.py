@@ -53,11 +53,10 @@ def _stock_convolutions(model):
 def aware(model, mode: str):
   """The model with qwix's fake quantization (straight-through gradients) for training."""
   import qwix
-  model = _stock_convolutions(model)
   if mode == "weights":
     raise ConfigError('config.quantize.aware="weights": quantization-aware training is for '
                       '"dynamic" or "static" (weights alone lose too little to train for).')
-  return qwix.quantize_model(model, qwix.QtProvider(rules(mode)))
+  return qwix.quantize_model(_stock_convolutions(model), qwix.QtProvider(rules(mode)))
 
 
 def quantize(predictor: portable.Predictor, mode: str,

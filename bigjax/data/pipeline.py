@@ -250,5 +250,4 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     for split in (train, validation, test):
       if split is not None:
         split.images = np.asarray(split.images)
-  return PreparedData(train, validation, test, class_names, stats,
-                      getattr(raw, "tokenizer", None))
+  return PreparedData(train, validation, test, class_names, stats, raw.tokenizer)

@@ -13,6 +13,7 @@ and renamed when complete, so an export never leaves half a folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as py_logging
 import os
@@ -91,6 +92,22 @@ logits = session.run(None, {{session.get_inputs()[0].name: images}})[0]
 """
 
 
+@contextlib.contextmanager
+def _folder_replaced_whole(out_dir: str):
+  """Yields a temporary folder beside `out_dir` to write into; when the block ends, it
+  replaces `out_dir` (an old export is removed only then); on an error it is deleted."""
+  partial = f"{out_dir}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    yield partial
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+
+
 def export(config, workdir: str, step: str | int = "latest", out_dir: str | None = None,
            onnx: bool = True, quantize: str | None = None,
            calibration_examples: int = 512) -> str:
@@ -105,17 +122,20 @@ def export(config, workdir: str, step: str | int = "latest", out_dir: str | None
       from bigjax.training.programs import Programs
       calibration = quantization.calibration_inputs(Programs(config), calibration_examples)
     predictor, _ = quantization.quantize(predictor, quantize, calibration)
+  return write_folder(predictor, workdir, out_dir or os.path.join(workdir, "export"), onnx)
+
+
+def write_folder(predictor: portable.Predictor, workdir: str, out_dir: str,
+                 onnx: bool = True) -> str:
+  """The export folder of a (possibly quantized) predictor of `workdir`'s run."""
   spec = predictor.spec
-  out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
-  partial = f"{out_dir}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
-  try:
+  out_dir = os.path.abspath(out_dir)
+  with _folder_replaced_whole(out_dir) as partial:
     function = _function(predictor)
     with open(os.path.join(partial, "model.jax"), "wb") as f:
       f.write(stablehlo(function, spec))
     onnx_note = " (not written: " + _onnx_missing() + ")" if onnx and _onnx_missing() else ""
-    if onnx and quantize:  # jax2onnx's Flax handlers take float params, not qwix's int8 ones
+    if onnx and spec.get("quantized"):  # jax2onnx's Flax handlers take float params only
       onnx_note = (" (not written: jax2onnx cannot convert qwix's int8 layers; export without "
                    "--quantize for ONNX)")
     elif onnx and not onnx_note:
@@ -130,11 +150,6 @@ def export(config, workdir: str, step: str | int = "latest", out_dir: str | None
         f.write(PREDICT_PY)
     with open(os.path.join(partial, "README.md"), "w") as f:
       f.write(_readme(workdir, predictor, onnx_note))
-    if os.path.exists(out_dir):  # replaced whole: an old export is removed only now
-      shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
-  finally:
-    shutil.rmtree(partial, ignore_errors=True)
   logging.info("exported step %d to %s (%s)", predictor.step, out_dir,
                ", ".join(sorted(os.listdir(out_dir))))
   return out_dir
@@ -162,10 +177,7 @@ def export_hf(config, workdir: str, step: str | int = "latest",
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export_hf"))
   checkpoint.require(workdir, step)
   raw, _, chosen = checkpoint.read(os.path.abspath(workdir), step)
-  partial = f"{out_dir}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
-  try:
+  with _folder_replaced_whole(out_dir) as partial:
     hf_export.write(partial, raw["params"], config.model)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(raw["params"]))
     saved_tokenizer = os.path.join(workdir, "tokenizer.json")
@@ -180,11 +192,6 @@ def export_hf(config, workdir: str, step: str | int = "latest",
       f.write(HF_README.format(workdir=os.path.abspath(workdir), step=chosen,
                                architecture=hf_config["architectures"][0], params=count,
                                folder=out_dir, tokens=tokens))
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
-  finally:
-    shutil.rmtree(partial, ignore_errors=True)
   logging.info("exported step %d as %s to %s", chosen, hf_config["architectures"][0], out_dir)
   return out_dir
 

@@ -89,10 +89,14 @@ class Predictor:
                 / np.asarray(self.spec["std"], np.float32))
     return images
 
+  @functools.cached_property
+  def _jitted_apply(self):
+    return jax.jit(self.apply)  # (one compile per predictor and batch shape)
+
   def outputs(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Outputs [N, C] for model-ready inputs, in batches (the last padded to full size, so
     one program serves every batch)."""
-    run = jax.jit(self.apply)
+    run = self._jitted_apply
     out = []
     for start in range(0, len(inputs), batch_size):
       batch = np.asarray(inputs[start:start + batch_size])

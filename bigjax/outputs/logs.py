@@ -24,13 +24,16 @@ def to_jsonable(x: Any) -> Any:
   return x
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_text(path: str, text: str) -> None:
   """Writes atomically: readers never see half a file, a crash never leaves one."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:

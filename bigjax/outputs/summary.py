@@ -63,9 +63,10 @@ def _flat_leaves(tree: Any) -> dict[str, Any]:
   return flat
 
 
-def _concrete(params: dict) -> bool:
+def _concrete(leaves) -> bool:
   """Trained values (a run's checkpoint), not shapes: non-zero counts mean something."""
-  return bool(params) and all(isinstance(v, (np.ndarray, jax.Array)) for v in params.values())
+  leaves = list(leaves)
+  return bool(leaves) and all(isinstance(v, (np.ndarray, jax.Array)) for v in leaves)
 
 
 def _size(x) -> int:
@@ -152,7 +153,7 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
         "non_trainable": sum(_size(v) for v in state.values()),
         "flops_per_example": _flops(layer_type, params, call["input"], call["output"]),
         **({"nonzero": sum(int(np.count_nonzero(v)) for v in params.values())}
-           if _concrete(params) else {}),
+           if _concrete(params.values()) else {}),
     })
 
   top = _direct_leaves(variables.get("params", {}))  # e.g. a ViT's position embedding
@@ -172,8 +173,7 @@ def summarize(model: nn.Module, variables: dict, example_x: jax.Array) -> dict:
                       for x in jax.tree.leaves(tree))
   param_bytes = sum(_size(x) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(variables))
   leaves = jax.tree.leaves(variables.get("params", {}))
-  nonzero = (sum(int(np.count_nonzero(x)) for x in leaves)
-             if leaves and _concrete(dict(enumerate(leaves))) else None)
+  nonzero = sum(int(np.count_nonzero(x)) for x in leaves) if _concrete(leaves) else None
   depth = sum(1 for layer in layers if layer["type"] in WEIGHT_TYPES
               and layer.get("in_depth", True)
               and not layer["path"].split("/")[-1].startswith("shortcut"))
@@ -269,40 +269,41 @@ def compare_markdown(reports: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def report_for_config(config) -> dict:
-  """Builds the model and its variables' shapes from a config. The input's shape comes from
-  the config and the dataset's metadata where they say enough (bigjax.data.spec), so
-  nothing is downloaded or read; else from the data."""
+def _model_and_example(config):
+  """The config's model and one input. The input's shape comes from the config and the
+  dataset's metadata where they say enough (bigjax.data.spec), so nothing is downloaded or
+  read; else from the data."""
   from bigjax import data as data_lib
   from bigjax.data import spec
   from bigjax.models import build_model
-  from bigjax.models import init_variables
-  model = build_model(config.model)
   example = spec.example_input(config.data)
   if example is None:
     example = data_lib.load(config.data).train.images[:1]
-  example = jnp.asarray(example)
-  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
-  return summarize(model, variables, example)
+  return build_model(config.model), jnp.asarray(example)
+
+
+def _shapes_of_init(model, example) -> dict:
+  from bigjax.models import init_variables
+  return jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
+
+
+def report_for_config(config) -> dict:
+  """Builds the model and its variables' shapes from a config, without training."""
+  model, example = _model_and_example(config)
+  return summarize(model, _shapes_of_init(model, example), example)
 
 
 def report_for_run(config, workdir: str) -> dict:
   """A trained run's report: its checkpoint's params, so each layer's non-zero count (what
-  pruning left) is in it; a workdir without checkpoints gets report_for_config's."""
-  from bigjax.models import build_model
+  pruning left) is in it; a workdir without checkpoints (or of another model) gets
+  report_for_config's."""
   from bigjax.training import checkpoint
+  model, example = _model_and_example(config)
+  expected = _shapes_of_init(model, example)
   if not checkpoint.list_steps(workdir):
-    return report_for_config(config)
+    return summarize(model, expected, example)
   raw, _, _ = checkpoint.read(workdir)
   variables = {"params": raw["params"], **(raw.get("model_state") or {})}
-  from bigjax.data import spec
-  example = spec.example_input(config.data)
-  if example is None:
-    from bigjax import data as data_lib
-    example = data_lib.load(config.data).train.images[:1]
-  model, example = build_model(config.model), jnp.asarray(example)
-  from bigjax.models import init_variables
-  expected = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), example))
   shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
   if shapes(expected.get("params", {})) != shapes(variables["params"]):
     import logging

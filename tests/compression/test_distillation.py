@@ -11,7 +11,7 @@ import pytest
 from bigjax import train
 from bigjax.compression import distillation
 from bigjax.registry import ConfigError
-from configs import digits
+from conftest import digits_config as _digits
 
 
 def test_the_soft_loss_is_t_squared_kl():
@@ -25,14 +25,6 @@ def test_the_soft_loss_is_t_squared_kl():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   np.testing.assert_allclose(distillation.soft_loss(jnp.asarray(teacher), jnp.asarray(teacher),
                                                     t), 0.0, atol=1e-6)
-
-
-def _digits(**overrides):
-  config = digits.get_config()
-  with config.unlocked():
-    config.report.update(plots=False, html=False, tensorboard=False)
-    config.update_from_flattened_dict(overrides)
-  return config
 
 
 @pytest.fixture(scope="module")

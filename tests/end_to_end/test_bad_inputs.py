@@ -16,15 +16,7 @@ from bigjax.data import arrays, idx, images
 from bigjax.models import build_model
 from bigjax.registry import ConfigError
 from conftest import REPO_ROOT
-from configs import digits
-
-
-def _digits(**overrides):
-  config = digits.get_config()
-  with config.unlocked():
-    config.report.update(plots=False, html=False, tensorboard=False)
-    config.update_from_flattened_dict(overrides)
-  return config
+from conftest import digits_config as _digits
 
 
 def test_config_files_that_cannot_load_are_named(tmp_path):
