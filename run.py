@@ -49,7 +49,7 @@ flags.DEFINE_integer("num_samples", None, "sample: how many continuations.")
 flags.DEFINE_string("export_dir", None, "export: the folder to write (default WORKDIR/export, "
                     "or WORKDIR/export_hf).")
 flags.DEFINE_enum("export_format", "jax", ["jax", "hf"], "export: jax (StableHLO and ONNX) "
-                  "or hf (a language model as a Hugging Face checkpoint: GPT-2, Llama, Qwen2).")
+                  "or hf (a Hugging Face checkpoint: GPT-2, Llama, Qwen2, BERT, ViT).")
 flags.DEFINE_bool("onnx", True, "export: also write model.onnx (needs bigjax[export]).")
 flags.DEFINE_enum("quantize", None, ["weights", "dynamic", "static"],
                   "quantize/eval/export: int8 weights only, or weights and activations with "

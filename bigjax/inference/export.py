@@ -155,44 +155,88 @@ def write_folder(predictor: portable.Predictor, workdir: str, out_dir: str,
   return out_dir
 
 
-HF_README = """# A bigjax language model as a Hugging Face checkpoint
+HF_README = """# A bigjax run as a Hugging Face checkpoint
 
 From `{workdir}` at step {step}: {architecture}, {params:,} parameters.
 
 ```python
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{folder}")
-logits = model(input_ids).logits
+import transformers
+model = transformers.{auto}.from_pretrained("{folder}")
+{call}
 ```
-{tokens}"""
+{inputs}"""
+
+HF_CALLS = {
+    "AutoModelForCausalLM": "logits = model(input_ids).logits",
+    "AutoModelForMaskedLM": "logits = model(input_ids, attention_mask=attention_mask).logits",
+    "AutoModelForSequenceClassification":
+        "logits = model(input_ids, attention_mask=attention_mask).logits  # [batch, classes]",
+    "AutoModelForTokenClassification":
+        "logits = model(input_ids, attention_mask=attention_mask).logits  # [batch, len, classes]",
+    "AutoModel": "hidden = model(input_ids, attention_mask=attention_mask).last_hidden_state",
+    "AutoModelForImageClassification":
+        "pixels = transformers.AutoImageProcessor.from_pretrained(\"{folder}\")(images, "
+        "return_tensors=\"pt\").pixel_values\nlogits = model(pixels).logits",
+}
+
+
+def _auto_class(architecture: str) -> str:
+  for suffix, auto in (("CausalLM", "AutoModelForCausalLM"), ("MaskedLM", "AutoModelForMaskedLM"),
+                       ("SequenceClassification", "AutoModelForSequenceClassification"),
+                       ("TokenClassification", "AutoModelForTokenClassification"),
+                       ("ImageClassification", "AutoModelForImageClassification")):
+    if architecture.endswith(suffix):
+      return auto
+  return "AutoModel"
+
+
+def _hf_inputs(model, has_tokenizer: bool) -> str:
+  """How to make the model's inputs, as the run made them."""
+  if model.get("name") == "vit":
+    return ("\npreprocessor_config.json prepares images as the run did (its size, scaling by "
+            "1/pixel_max, its standardisation).\n")
+  if has_tokenizer:
+    return ("\ntokenizer.json is the run's tokenizer: `transformers.PreTrainedTokenizerFast("
+            "tokenizer_file=\"tokenizer.json\")`.\n")
+  if model.get("name") == "bert":
+    return ("\nThe run's tokens are UTF-8 bytes shifted by 4 after [PAD]=0, [CLS]=1, [SEP]=2, "
+            "[MASK]=3: `[1] + [b + 4 for b in text.encode()] + [2]`, padded with 0, and "
+            "`attention_mask` 1 on the tokens, 0 on the padding.\n")
+  return ("\nThe run's tokens are UTF-8 bytes (ids 0-255): no tokenizer; feed "
+          "`list(text.encode())`.\n")
 
 
 def export_hf(config, workdir: str, step: str | int = "latest",
               out_dir: str | None = None) -> str:
-  """`--export_format=hf`: config.json and model.safetensors for transformers (a GPT-2, Llama
-  or Qwen2 architecture; bigjax.models.hf_export), written atomically."""
+  """`--export_format=hf`: config.json and model.safetensors for transformers (GPT-2, Llama,
+  Qwen2, BERT or ViT; bigjax.models.hf_export), written atomically. LoRA adapters are merged
+  into the weights they adapt."""
+  from bigjax.finetuning import lora
   from bigjax.models import hf_export
   from bigjax.training import checkpoint
-  hf_config = hf_export.hf_config_of(config.model)  # (a model with no HF twin fails first)
+  spec = (portable.read_spec(workdir)
+          if os.path.exists(os.path.join(workdir, portable.SPEC_FILE)) else {})
+  hf_config = hf_export.hf_config_of(config.model, spec)  # (no HF twin: fails first)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export_hf"))
   checkpoint.require(workdir, step)
   raw, _, chosen = checkpoint.read(os.path.abspath(workdir), step)
+  params = raw["params"]
+  if lora.is_lora(params):
+    params = lora.merge(params, config.lora.alpha / config.lora.rank)
+  architecture = hf_config["architectures"][0]
   with _folder_replaced_whole(out_dir) as partial:
-    hf_export.write(partial, raw["params"], config.model)
-    count = sum(int(np.size(x)) for x in jax.tree.leaves(raw["params"]))
+    hf_export.write(partial, params, config.model, spec)
+    count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     saved_tokenizer = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(saved_tokenizer):  # the run's own (bpe:N or a given tokenizer.json)
       shutil.copy(saved_tokenizer, os.path.join(partial, "tokenizer.json"))
-      tokens = ("\ntokenizer.json is the run's tokenizer: `PreTrainedTokenizerFast("
-                "tokenizer_file=\"tokenizer.json\")`.\n")
-    else:
-      tokens = ("\nThe run's tokens are UTF-8 bytes (ids 0-255): no tokenizer; feed "
-                "`list(text.encode())`.\n")
+    auto = _auto_class(architecture)
     with open(os.path.join(partial, "README.md"), "w") as f:
-      f.write(HF_README.format(workdir=os.path.abspath(workdir), step=chosen,
-                               architecture=hf_config["architectures"][0], params=count,
-                               folder=out_dir, tokens=tokens))
-  logging.info("exported step %d as %s to %s", chosen, hf_config["architectures"][0], out_dir)
+      f.write(HF_README.format(
+          workdir=os.path.abspath(workdir), step=chosen, architecture=architecture,
+          params=count, folder=out_dir, auto=auto, call=HF_CALLS[auto].format(folder=out_dir),
+          inputs=_hf_inputs(config.model, os.path.exists(saved_tokenizer))))
+  logging.info("exported step %d as %s to %s", chosen, architecture, out_dir)
   return out_dir
 
 

@@ -79,3 +79,36 @@ def test_masked_lm_pre_training_then_fine_tuning(tmp_path):
   table = (tmp_path / "tuned" / "init_from.txt").read_text()
   assert "classifier/kernel" in table and "missing" not in table
   assert tuned["test_accuracy"] >= 0.95
+  # The pre-trained encoder out to transformers as BertForMaskedLM, every array as trained.
+  from bigjax.inference import export
+  folder = export.export_hf(config, str(pretrained))
+  _assert_exported_as(folder, "BertForMaskedLM", str(pretrained))
+
+
+def _assert_exported_as(folder: str, architecture: str, run: str) -> dict:
+  from bigjax.finetuning import finetune
+  from bigjax.models import hf
+  from bigjax.training import checkpoint
+  hf_config = hf.read_config(hf.PREFIX + folder)
+  assert hf_config["architectures"] == [architecture]
+  back = hf.convert(hf.read_tensors(hf.PREFIX + folder), hf_config)
+  _, trained = checkpoint.latest_params(run)
+  assert back.keys() == finetune.flatten(trained).keys()
+  for key, value in finetune.flatten(trained).items():
+    np.testing.assert_array_equal(back[key], value)
+  return hf_config
+
+
+@pytest.mark.slow
+def test_a_cls_pooled_classifier_exports_to_transformers_and_a_mean_pooled_one_says_why(
+    tmp_path):
+  from bigjax.inference import export
+  config = _config(tmp_path, **{"train.num_epochs": 1, "model.pool": "cls"})
+  train.run(config, str(tmp_path / "run"))
+  folder = export.export_hf(config, str(tmp_path / "run"))
+  hf_config = _assert_exported_as(folder, "BertForSequenceClassification",
+                                  str(tmp_path / "run"))
+  assert hf_config["id2label"] == {"0": "space", "1": "kitchen"}
+  assert "[b + 4 for b in text.encode()]" in open(folder + "/README.md").read()
+  with pytest.raises(ConfigError, match='pools "mean".*model.pool=cls'):
+    export.export_hf(_config(tmp_path), str(tmp_path / "run"))

@@ -209,21 +209,58 @@ def test_an_imported_vit_fine_tunes_on_an_image_folder(tmp_path):
   assert np.isfinite(results["test_loss"])
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
-def test_export_to_hugging_face_is_the_inverse_of_import(name, tmp_path):
+# What an export needs beyond the model config: a ViT's image shape, its class count.
+EXPORT_SPECS = {"vit": dict(input_shape=[16, 16, 3], num_outputs=3)}
+
+
+def _exported(name: str, folder):
+  """Export the imported fixture `name` into `folder`; (its model config, params, expected)."""
   from bigjax.models import hf_export
   hf_config = hf.read_config(hf.PREFIX + os.path.join(FIXTURES, name))
-  model_config = hf.model_config(hf_config)
-  _, params, _, _ = _imported(os.path.join(FIXTURES, name))
-  hf_export.write(str(tmp_path), params, model_config)
+  model_config = {**hf.model_config(hf_config), **HEADS.get(name, {})}
+  _, params, expected, _ = _imported(os.path.join(FIXTURES, name), **HEADS.get(name, {}))
+  hf_export.write(str(folder), params, model_config, EXPORT_SPECS.get(name))
+  return model_config, params, expected
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "bert_mlm", "bert_classifier",
+                                  "vit"])
+def test_export_to_hugging_face_is_the_inverse_of_import(name, tmp_path):
+  model_config, _, _ = _exported(name, tmp_path)
+  original_config = hf.read_config(hf.PREFIX + os.path.join(FIXTURES, name))
   back = hf.read_config(hf.PREFIX + str(tmp_path))
-  assert hf.model_config(back) == model_config  # the same architecture
+  assert hf.model_config(back) == hf.model_config(original_config)  # the same architecture
+  assert back["architectures"] == original_config["architectures"]
   original = hf.read_tensors(hf.PREFIX + os.path.join(FIXTURES, name))
   written = hf.read_tensors(hf.PREFIX + str(tmp_path))
-  tied = {"lm_head.weight"} if hf_config.get("tie_word_embeddings", name == "gpt2") else set()
+  tied = {"lm_head.weight"} if original_config.get("tie_word_embeddings", name == "gpt2") else set()
   assert set(written) == set(original) - tied - {k for k in original if "position_ids" in k}
   for key in written:  # transformers' tensors, bit for bit
     np.testing.assert_array_equal(written[key], original[key])
+
+
+@pytest.mark.parametrize("head", ["token_classification", "none"])
+def test_bert_heads_without_a_fixture_export_and_import_back(head, tmp_path):
+  """BertForTokenClassification and BertModel: a bigjax BERT's params out and back in."""
+  from bigjax.models import hf_export
+  model_config = dict(name="bert", vocab_size=40, hidden_size=16, depth=1, num_heads=2,
+                      intermediate_size=32, max_positions=12, head=head, num_classes=5,
+                      pooler=head == "none")
+  model = build_model(model_config)
+  tokens = jnp.asarray([[1, 7, 9, 2, 0, 0]], jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+  written = hf_export.write(str(tmp_path), params, model_config,
+                            dict(class_names=list("abcde"), num_outputs=5))
+  assert written["architectures"] == [hf_export.BERT_ARCHITECTURES[head]]
+  if head == "token_classification":
+    assert written["id2label"]["4"] == "e"
+  converted = hf.convert(hf.read_tensors(hf.PREFIX + str(tmp_path)),
+                         hf.read_config(hf.PREFIX + str(tmp_path)))
+  assert not [k for k in converted if k.startswith("unused:")]
+  flat = finetune.flatten(params)
+  assert set(converted) == set(flat)
+  for key, value in flat.items():
+    np.testing.assert_array_equal(converted[key], np.asarray(value))
 
 
 def test_a_model_without_a_transformers_twin_is_not_exported():
@@ -231,26 +268,43 @@ def test_a_model_without_a_transformers_twin_is_not_exported():
   with pytest.raises(ConfigError, match="matches no transformers architecture"):
     hf_export.hf_config_of(dict(name="gpt", hidden_size=32, num_heads=4, depth=1,
                                 vocab_size=50, context_length=8, positions="rope"))
-  with pytest.raises(ConfigError, match='writes language models .* this run is "mlp"'):
+  with pytest.raises(ConfigError, match='writes GPT, BERT and ViT models .* this run is "mlp"'):
     hf_export.hf_config_of(dict(name="mlp"))
+  bert_config = dict(name="bert", vocab_size=40, hidden_size=16, depth=1, num_heads=2,
+                     intermediate_size=32)
+  with pytest.raises(ConfigError, match="pre-LN .* no twin"):
+    hf_export.hf_config_of(dict(bert_config, pre_norm=True))
+  with pytest.raises(ConfigError, match='pools "mean".*model.pool=cls'):
+    hf_export.hf_config_of(dict(bert_config, pool="mean"))
+  with pytest.raises(ConfigError, match='ViT pools "mean"'):
+    hf_export.hf_config_of(dict(name="vit", pool="mean"), dict(input_shape=[8, 8, 1]))
+  with pytest.raises(ConfigError, match="needs the run's image shape"):
+    hf_export.hf_config_of(dict(name="vit"), {})
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (importlib.util.find_spec("torch")
                          and importlib.util.find_spec("transformers")),
                     reason="needs torch and transformers (make_fixtures.py's header)")
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "bert_mlm", "bert_classifier",
+                                  "vit"])
 def test_transformers_loads_an_export_to_the_fixtures_logits(name, tmp_path):
   import torch
   import transformers
-  from bigjax.models import hf_export
-  model_config = hf.model_config(hf.read_config(hf.PREFIX + os.path.join(FIXTURES, name)))
-  _, params, expected, _ = _imported(os.path.join(FIXTURES, name))
-  hf_export.write(str(tmp_path), params, model_config)
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), attn_implementation="eager").eval()
+  _, _, expected = _exported(name, tmp_path)
+  auto = (transformers.AutoModelForImageClassification if name == "vit"
+          else transformers.AutoModelForMaskedLM if name == "bert_mlm"
+          else transformers.AutoModelForSequenceClassification if name == "bert_classifier"
+          else transformers.AutoModelForCausalLM)
+  model = auto.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
   with torch.no_grad():
-    logits = model(torch.tensor(expected["tokens"])).logits.numpy()
+    if name == "vit":  # NHWC for bigjax, NCHW for transformers
+      logits = model(torch.tensor(expected["pixels"]).permute(0, 3, 1, 2)).logits.numpy()
+    elif name.startswith("bert"):
+      tokens = torch.tensor(expected["tokens"])
+      logits = model(tokens, attention_mask=(tokens != 0).long()).logits.numpy()
+    else:
+      logits = model(torch.tensor(expected["tokens"])).logits.numpy()
   np.testing.assert_allclose(logits, expected["logits"], atol=1e-5)
 
 
@@ -281,3 +335,64 @@ def test_lora_fine_tunes_an_imported_llama_leaving_its_weights_as_imported(tmp_p
   moved = [float(np.abs(b).max()) for path, b in finetune.flatten(trained[lora.ADAPTERS]).items()
            if path.endswith("/b")]
   assert moved and max(moved) > 0  # the adapters' B (zero at the start) trained
+
+
+def _trained_vit(tmp_path):
+  """A ViT trained one epoch on digits, standardised (so the preprocessing has statistics)."""
+  import ml_collections
+  from bigjax import train
+  from conftest import digits_config
+  config = digits_config(**{"train.num_epochs": 1, "data.standardize": True})
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(dict(
+        name="vit", patch_size=4, hidden_size=16, depth=1, num_heads=2, mlp_ratio=2.0,
+        num_classes=10, gelu_approximate=False))
+  train.run(config, str(tmp_path / "run"))
+  return config, str(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_trained_vit_exports_with_its_class_names_and_preprocessing(tmp_path):
+  import json
+  from bigjax.inference import export, portable
+  from bigjax.training import checkpoint
+  config, run = _trained_vit(tmp_path)
+  folder = export.export_hf(config, run)
+  hf_config = hf.read_config(hf.PREFIX + folder)
+  spec = portable.read_spec(run)
+  assert hf_config["architectures"] == ["ViTForImageClassification"]
+  assert (hf_config["image_size"], hf_config["num_channels"]) == (8, 1)
+  assert [hf_config["id2label"][str(i)] for i in range(10)] == spec["class_names"]
+  back = hf.convert(hf.read_tensors(hf.PREFIX + folder), hf_config)
+  _, trained = checkpoint.latest_params(run)
+  assert back.keys() == finetune.flatten(trained).keys()
+  for key, value in finetune.flatten(trained).items():
+    np.testing.assert_array_equal(back[key], value)
+  processor = json.load(open(os.path.join(folder, "preprocessor_config.json")))
+  assert processor["rescale_factor"] == 1 / spec["pixel_max"] and processor["do_normalize"]
+  np.testing.assert_allclose(processor["image_mean"], np.ravel(spec["mean"]), rtol=1e-6)
+  assert "AutoModelForImageClassification" in open(os.path.join(folder, "README.md")).read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (importlib.util.find_spec("torch")
+                         and importlib.util.find_spec("transformers")),
+                    reason="needs torch and transformers (make_fixtures.py's header)")
+def test_transformers_predicts_as_the_run_from_raw_pixels(tmp_path):
+  """The export's image processor and model, on raw digit pixels, give the run's logits."""
+  import torch
+  import transformers
+  from sklearn.datasets import load_digits
+  from bigjax.inference import export, portable
+  config, run = _trained_vit(tmp_path)
+  folder = export.export_hf(config, run)
+  predictor = portable.load(run, config)
+  raw = load_digits().images[:5, :, :, None].astype(np.float32)  # [0, 16], NHWC
+  expected = predictor.outputs(predictor.prepare(raw / predictor.spec["pixel_max"]))
+  processor = transformers.AutoImageProcessor.from_pretrained(folder)
+  pixels = processor(list(raw), return_tensors="pt", input_data_format="channels_last",
+                     do_resize=False).pixel_values
+  model = transformers.AutoModelForImageClassification.from_pretrained(folder).eval()
+  with torch.no_grad():
+    logits = model(pixels).logits.numpy()
+  np.testing.assert_allclose(logits, expected, atol=1e-4)
