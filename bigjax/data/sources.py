@@ -273,11 +273,19 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
     texts, names = [texts[i] for i in keep], [names[i] for i in keep]
   index = {name: i for i, name in enumerate(classes)}
   labels = np.asarray([index[name] for name in names], np.int32)
-  tokens = tc.tokenize(texts, data_config.get("tokenizer", "bytes"),
-                       int(data_config.get("seq_len", 128)))
-  train_x, train_y, test_x, test_y = hold_out_test(
-      tokens, labels, data_config.get("test_fraction", 0.2), data_config["split_seed"])
-  return RawData(train_x, train_y, test_x, test_y, 0.0, classes)
+  train_i, train_y, test_i, test_y = hold_out_test(
+      np.arange(len(texts)), labels, data_config.get("test_fraction", 0.2),
+      data_config["split_seed"])
+  tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
+                               [texts[i] for i in train_i])  # (a trained one: train texts)
+  tokens = tc.tokenize(texts, tokenizer, int(data_config.get("seq_len", 128)))
+  return RawData(tokens[train_i], train_y, tokens[test_i], test_y, 0.0, classes,
+                 tokenizer=_saved(tokenizer))
+
+
+def _saved(tokenizer) -> str | None:
+  """The tokenizer.json a run keeps (none for bytes, which need none)."""
+  return tokenizer.to_str() if hasattr(tokenizer, "to_str") else None
 
 
 @register_source("tfds_text_classification")
@@ -286,15 +294,18 @@ def load_tfds_text_classification(data_config: Mapping[str, Any]) -> RawData:
   train_split and test_split, the text feature `text_column` tokenized as
   config.data.tokenizer says (bytes or a tokenizer.json), the labels its ClassLabel names."""
   from bigjax.data import text_classification as tc
-  splits = {}
-  for split in ("train_split", "test_split"):
+  splits, tokenizer = {}, None
+  for split in ("train_split", "test_split"):  # train first: a trained tokenizer learns it
     texts, labels, names = tfds_source.load_tfds_text_classification(
         data_config["name"], data_config[split], data_config["data_dir"] or None,
         data_config["download"], data_config.get("text_column", "text"),
         data_config.get("label_column", "label"))
-    splits[split] = (tc.tokenize(texts, data_config.get("tokenizer", "bytes"),
-                                 int(data_config.get("seq_len", 128))), labels)
-  return RawData(*splits["train_split"], *splits["test_split"], 0.0, names)
+    tokenizer = tokenizer or tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
+                                              texts)
+    splits[split] = (tc.tokenize(texts, tokenizer, int(data_config.get("seq_len", 128))),
+                     labels)
+  return RawData(*splits["train_split"], *splits["test_split"], 0.0, names,
+                 tokenizer=_saved(tokenizer))
 
 
 @register_source("tfds_text")

@@ -9,8 +9,11 @@ Where the texts come from (`config.data.path`):
 
 Tokens: `tokenizer="bytes"` (no setup) is UTF-8 bytes shifted past four special ids,
 [PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3 (vocabulary 260), each text as [CLS] bytes... [SEP];
-or the path of a Hugging Face `tokenizer.json` (the `tokenizers` library: WordPiece, BPE,
-SentencePiece-style), whose own [CLS]/[SEP] template applies. Texts longer than `seq_len`
+"wordpiece:N" (BERT's kind: lower-cased words and word pieces) or "bpe:N" (GPT-2's
+byte-level BPE) trains a tokenizer of N tokens with Hugging Face `tokenizers` on the texts
+outside the test split, with the same four special ids first; or the path of a
+`tokenizer.json` (WordPiece, BPE, SentencePiece-style; a pre-training run's own), whose
+[CLS]/[SEP] template applies. Any tokenizer but bytes is saved with the run. Texts longer than `seq_len`
 are cut (the log counts them) and shorter ones padded with the pad id; the models mask the
 padding. Tokenization happens once, when the data is read.
 """
@@ -133,18 +136,26 @@ class ByteTokenizer:
 
 
 class FileTokenizer:
-  """A Hugging Face tokenizer.json, through the `tokenizers` library."""
+  """A Hugging Face tokenizer (`tokenizers.Tokenizer`): read from a tokenizer.json, or
+  trained here."""
 
-  def __init__(self, path: str):
-    from tokenizers import Tokenizer
-    if not os.path.isfile(path):
-      raise ConfigError(f"config.data.tokenizer={path!r}: no such tokenizer.json (or use "
-                        '"bytes").')
-    self.tokenizer = Tokenizer.from_file(path)
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
     self.vocab_size = self.tokenizer.get_vocab_size()
     pad = next((t for t in ("[PAD]", "<pad>", "<|endoftext|>")
                 if self.tokenizer.token_to_id(t) is not None), None)
     self.pad_id = self.tokenizer.token_to_id(pad) if pad else 0
+
+  @classmethod
+  def from_file(cls, path: str) -> "FileTokenizer":
+    from tokenizers import Tokenizer
+    if not os.path.isfile(path):
+      raise ConfigError(f"config.data.tokenizer={path!r}: no such tokenizer.json (or use "
+                        '"bytes", "wordpiece:N" or "bpe:N").')
+    return cls(Tokenizer.from_file(path))
+
+  def to_str(self) -> str:
+    return self.tokenizer.to_str()
 
   def encode(self, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, int]:
     encoded = self.tokenizer.encode_batch(list(texts))
@@ -157,13 +168,52 @@ class FileTokenizer:
     return out, cut
 
 
-def tokenizer_for(spec: str):
-  return ByteTokenizer() if spec in ("", "bytes") else FileTokenizer(os.path.expanduser(spec))
+SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-3, as the byte tokenizer's
 
 
-def tokenize(texts: Sequence[str], spec: str, seq_len: int) -> np.ndarray:
+def train_tokenizer(spec: str, texts: Sequence[str]) -> FileTokenizer:
+  """"wordpiece:N" or "bpe:N" trained on `texts`, encoding each as [CLS] ... [SEP]. (The
+  `tokenizers` library does the work; bigjax only fixes the special ids, so masked-LM
+  masking and padding treat every tokenizer alike.)"""
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+  from tokenizers import trainers
+  kind, _, size = spec.partition(":")
+  if kind not in ("wordpiece", "bpe") or not size.isdigit() or int(size) < 260:
+    raise ConfigError(f'config.data.tokenizer="{spec}": use "bytes", "wordpiece:N" or '
+                      '"bpe:N" with N >= 260 (e.g. "wordpiece:4096"), or the path of a '
+                      "tokenizer.json.")
+  if kind == "wordpiece":
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=int(size), show_progress=False,
+                                        special_tokens=SPECIAL_TOKENS + ["[UNK]"])
+  else:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=int(size), show_progress=False,
+                                  special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(texts, trainer)
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
+  return FileTokenizer(tokenizer)
+
+
+def tokenizer_for(spec: str, training_texts: Sequence[str] = ()):
+  """The tokenizer `config.data.tokenizer` names; a trained one learns `training_texts`."""
+  if spec in ("", "bytes"):
+    return ByteTokenizer()
+  if spec.startswith(("wordpiece:", "bpe:")):
+    return train_tokenizer(spec, training_texts)
+  return FileTokenizer.from_file(os.path.expanduser(spec))
+
+
+def tokenize(texts: Sequence[str], tokenizer, seq_len: int) -> np.ndarray:
   """int32 tokens [N, seq_len]; logs how many texts were cut."""
-  tokens, cut = tokenizer_for(spec).encode(texts, seq_len)
+  tokens, cut = tokenizer.encode(texts, seq_len)
   if cut:
     logging.info("%d of %d texts are longer than seq_len=%d tokens and were cut", cut,
                  len(texts), seq_len)

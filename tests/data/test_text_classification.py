@@ -51,7 +51,7 @@ def test_bad_layouts_are_one_line(tmp_path):
 
 def test_byte_tokens_start_with_cls_end_with_sep_and_pad_and_cuts_are_counted(caplog):
   with caplog.at_level("INFO"):
-    tokens = tc.tokenize(["ab", "é", "x" * 20], "bytes", 8)
+    tokens = tc.tokenize(["ab", "é", "x" * 20], tc.tokenizer_for("bytes"), 8)
   assert tokens.dtype == np.int32 and tokens.shape == (3, 8)
   off = tc.BYTE_OFFSET
   assert tokens[0].tolist() == [tc.CLS, ord("a") + off, ord("b") + off, tc.SEP, 0, 0, 0, 0]
@@ -73,11 +73,11 @@ def test_a_hugging_face_tokenizer_json_is_used_as_is(tmp_path):
       single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
   path = str(tmp_path / "tokenizer.json")
   tokenizer.save(path)
-  tokens = tc.tokenize(["the cat sat", "the dog"], path, 6)
+  tokens = tc.tokenize(["the cat sat", "the dog"], tc.tokenizer_for(path), 6)
   assert tokens[0].tolist() == tokenizer.encode("the cat sat").ids + [0]
   assert tokens[1].tolist() == tokenizer.encode("the dog").ids + [0, 0]
   with pytest.raises(ConfigError, match="no such tokenizer.json"):
-    tc.tokenize(["x"], str(tmp_path / "nope.json"), 6)
+    tc.tokenizer_for(str(tmp_path / "nope.json"))
 
 
 def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
@@ -91,6 +91,52 @@ def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
   assert raw.train_images.shape == (40, 8) and raw.test_images.shape == (10, 8)
   np.testing.assert_array_equal(raw.test_images, again.test_images)  # fixed by split_seed
   assert set(raw.train_labels.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_tokenizer_trained_on_the_training_texts_keeps_the_special_ids(kind, tmp_path):
+  """wordpiece:N / bpe:N: [PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3 as the byte tokenizer's (so
+  masked-LM masking is the same), trained on the texts outside the test split only, and
+  saved with the data; that tokenizer.json given back gives the same tokens."""
+  (tmp_path / "c").mkdir()
+  for name, word in (("ham", "bread"), ("spam", "rocket")):
+    (tmp_path / "c" / name).write_text("\n%\n".join(f"{word} number {i}" for i in range(30)))
+  config = {"path": str(tmp_path / "c"), "split_seed": 0, "test_fraction": 0.2, "seq_len": 8,
+            "tokenizer": f"{kind}:300"}
+  raw = sources.SOURCES.get("text_classification")(config)
+  from tokenizers import Tokenizer
+  tokenizer = Tokenizer.from_str(raw.tokenizer)
+  assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")] == [
+      tc.PAD, tc.CLS, tc.SEP, tc.MASK]
+  for row in np.concatenate([raw.train_images, raw.test_images]):
+    body = row[row != tc.PAD]
+    assert body[0] == tc.CLS and body[-1] == tc.SEP and (row[len(body):] == tc.PAD).all()
+  assert tokenizer.token_to_id("bread") is not None  # whole words of the training texts
+  assert tokenizer.encode("bread number 7").ids[0] == tc.CLS
+  path = tmp_path / "tokenizer.json"
+  path.write_text(raw.tokenizer)
+  again = sources.SOURCES.get("text_classification")({**config, "tokenizer": str(path)})
+  np.testing.assert_array_equal(again.train_images, raw.train_images)
+  np.testing.assert_array_equal(again.test_images, raw.test_images)
+  with pytest.raises(ConfigError, match='use "bytes", "wordpiece:N" or "bpe:N" with N >= 260'):
+    tc.tokenizer_for(f"{kind}:12")
+
+
+def test_a_trained_tokenizer_never_sees_the_test_texts(tmp_path):
+  (tmp_path / "c").mkdir()
+  words = [f"w{chr(97 + i)}{chr(97 + j)}" for i in range(20) for j in range(5)]  # 100 words
+  (tmp_path / "c" / "a").write_text("\n%\n".join(f"{w} {w} {w}" for w in words[:50]))
+  (tmp_path / "c" / "b").write_text("\n%\n".join(f"{w} {w} {w}" for w in words[50:]))
+  config = {"path": str(tmp_path / "c"), "split_seed": 0, "test_fraction": 0.2, "seq_len": 8,
+            "tokenizer": "wordpiece:2000"}
+  raw = sources.SOURCES.get("text_classification")(config)
+  from tokenizers import Tokenizer
+  tokenizer = Tokenizer.from_str(raw.tokenizer)
+  vocabulary = tokenizer.get_vocab()
+  # Each text is one word thrice: a text's word is a whole token iff the text is in train.
+  assert len([w for w in words if w in vocabulary]) == 80  # the 80 training texts' words
+  for row in raw.test_images:  # a test text's word comes in pieces
+    assert len(tokenizer.decode(row[1:2].tolist())) < 3
 
 
 @pytest.mark.slow
