@@ -134,7 +134,7 @@ def main(argv):
       float_model = _trained(config, float_dir)
       seconds = time.perf_counter() - t0
       programs = Programs(config)
-      test = (np.asarray(programs.data.test.images), np.asarray(programs.data.test.labels))
+      test = (np.asarray(programs.data.test.inputs), np.asarray(programs.data.test.targets))
       calibration = quantization.calibration_inputs(programs, 512)
       record({**_measure(name, "float32", float_model, float_dir, test),
               "train_seconds": seconds, "epochs": n})

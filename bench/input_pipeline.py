@@ -107,8 +107,8 @@ def main(argv):
 
   # ---------------------------------------------------- 2. in the CNN's train step
   state = setup.initial_state
-  fixed = jax.device_put({"image": np.asarray(setup.data.train.images[:batch_size]),
-                          "label": setup.data.train.labels[:batch_size]})
+  fixed = jax.device_put({"image": np.asarray(setup.data.train.inputs[:batch_size]),
+                          "label": setup.data.train.targets[:batch_size]})
   plain = Programs(fashion_mnist.get_config("cnn"))  # no augmentation: the bare step
 
   def bare():

@@ -61,8 +61,8 @@ def main():
   epochs = args.epochs or config.train.num_epochs
   batch_size = config.train.batch_size
   data = data_lib.load(config.data)
-  to_nchw = lambda s: (torch.from_numpy(np.ascontiguousarray(s.images.transpose(0, 3, 1, 2))),
-                       torch.from_numpy(s.labels.astype(np.int64)))
+  to_nchw = lambda s: (torch.from_numpy(np.ascontiguousarray(s.inputs.transpose(0, 3, 1, 2))),
+                       torch.from_numpy(s.targets.astype(np.int64)))
   train_x, train_y = to_nchw(data.train)
   val_x, val_y = to_nchw(data.validation)
   test_x, test_y = to_nchw(data.test)

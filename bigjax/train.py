@@ -77,7 +77,7 @@ class Run:
     self.is_writer = _is_writer()
     self.signals = signals or SaveOnSignal()
     is_lm = config.model.name == "gpt"
-    self.seq_len = int(programs.data.train.images.shape[1]) if is_lm else None
+    self.seq_len = int(programs.data.train.inputs.shape[1]) if is_lm else None
     self.progress = Progress(loop.total_steps, programs.batch_size,
                              tokens_per_example=self.seq_len)
     self.warned_divergence = False
@@ -401,7 +401,7 @@ def restore_or_init(config: ml_collections.ConfigDict, workdir: str, manager,
   """(state, checkpoint meta, step resumed from), by precedence: a checkpoint in this workdir
   > config.checkpoint.resume_from (the full state) > config.init_from (params only) >
   the fresh init."""
-  channels = programs.data.train.images.shape[-1]
+  channels = programs.data.train.inputs.shape[-1]
   found = checkpoint.restore_newest_intact(manager, programs.initial_state, channels)
   if found is not None:
     state, meta, step = found

@@ -53,7 +53,7 @@ def load_teacher(distill_config: Mapping[str, Any], data) -> portable.Predictor:
   registry.check_no_plugins(os.path.join(workdir, "config.json"), teacher_config)
   teacher = portable.load(workdir, teacher_config, distill_config.get("step", "latest"))
   spec = teacher.spec
-  student_shape = list(np.shape(data.train.images)[1:])
+  student_shape = list(np.shape(data.train.inputs)[1:])
   if spec["input_shape"] != student_shape:
     raise ConfigError(
         f"The teacher {workdir} takes inputs of shape {spec['input_shape']}, the student's data "

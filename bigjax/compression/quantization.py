@@ -143,7 +143,7 @@ def score(predictor: portable.Predictor, inputs: np.ndarray, labels: np.ndarray)
 
 def calibration_inputs(programs, examples: int) -> np.ndarray:
   """The first `examples` of the training split (model-ready), for static scales."""
-  return np.asarray(programs.data.train.images[:examples])
+  return np.asarray(programs.data.train.inputs[:examples])
 
 
 def evaluate(config, workdir: str, mode: str, step: str | int = "latest",

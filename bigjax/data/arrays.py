@@ -11,9 +11,9 @@ from bigjax.registry import ConfigError
 
 # Accepted names for each array, first match wins (bigjax's own, then Keras-style).
 NAMES = {
-    "train_images": ("train_images", "x_train", "images", "x"),
+    "train_images": ("train_images", "x_train", "images", "x", "train_inputs", "inputs"),
     "train_labels": ("train_labels", "y_train", "labels", "y", "train_targets", "targets"),
-    "test_images": ("test_images", "x_test"),
+    "test_images": ("test_images", "x_test", "test_inputs"),
     "test_labels": ("test_labels", "y_test", "test_targets"),
 }
 

@@ -83,11 +83,14 @@ class LazyImages:
 
 @dataclasses.dataclass
 class Split:
-  images: np.ndarray | LazyImages  # float32 [N, H, W, C], scaled (and standardised if asked)
-  labels: np.ndarray               # int32 [N] (float32 targets [N] for regression)
+  """One split's model inputs and targets (named for what they are in every task: images,
+  token sequences or table rows in; class ids, regression targets or next tokens out)."""
+  inputs: np.ndarray | LazyImages  # float32 [N, H, W, C] images, scaled (and standardised
+                                   # if asked); int32 [N, T] tokens; float32 [N, F] features
+  targets: np.ndarray              # int32 [N] classes; float32 [N] regression; [N, T] tokens
 
   def __len__(self) -> int:
-    return len(self.labels)
+    return len(self.targets)
 
 
 @dataclasses.dataclass
@@ -106,7 +109,7 @@ class PreparedData:
   @property
   def is_regression(self) -> bool:
     """Float labels are regression targets."""
-    return bool(np.issubdtype(self.train.labels.dtype, np.floating))
+    return bool(np.issubdtype(self.train.targets.dtype, np.floating))
 
   @property
   def is_tokens(self) -> bool:
@@ -199,8 +202,8 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   """Limits, splits and scales the raw arrays as the data config says."""
   # Splits are rows of the raw arrays, read (scaled, standardised) only when indexed: a
   # memory-mapped or streamed source is never copied whole.
-  train_x, train_y = raw.train_images, np.asarray(raw.train_labels)
-  test_x, test_y = raw.test_images, np.asarray(raw.test_labels)
+  train_x, train_y = raw.train_inputs, np.asarray(raw.train_targets)
+  test_x, test_y = raw.test_inputs, np.asarray(raw.test_targets)
   train_rows, test_rows = np.arange(len(train_y)), np.arange(len(test_y))
   class_names = list(raw.class_names)
   classes = tuple(data_config.get("classes") or ())
@@ -217,7 +220,7 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     test_rows, test_y = (test_rows[:data_config["max_test_examples"]],
                          test_y[:data_config["max_test_examples"]])
 
-  if raw.validation_images is not None:  # the source held out its own
+  if raw.validation_inputs is not None:  # the source held out its own
     train_idx, val_idx = np.arange(len(train_y)), np.zeros(0, np.int64)
   else:
     train_idx, val_idx = train_validation_indices(
@@ -231,9 +234,9 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   validation = (Split(lazy(train_x, train_rows[val_idx]), train_y[val_idx])
                 if len(val_idx) else None)
   test = Split(lazy(test_x, test_rows), test_y)
-  if raw.validation_images is not None:
-    validation = Split(lazy(raw.validation_images, None),
-                       np.asarray(raw.validation_labels))
+  if raw.validation_inputs is not None:
+    validation = Split(lazy(raw.validation_inputs, None),
+                       np.asarray(raw.validation_targets))
 
   stats: dict = {"pixel_max": raw.pixel_max}
   if data_config["standardize"] and not raw.pixel_max:
@@ -241,13 +244,13 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
                       "integer tokens. Set it to False.")
   if data_config["standardize"]:
     # Statistics from the training split only, so validation and test stay unseen.
-    mean, std = channel_stats(train.images)
+    mean, std = channel_stats(train.inputs)
     stats.update(mean=mean.tolist(), std=std.tolist())
     for split in (train, validation, test):
       if split is not None:
-        split.images = split.images.standardized(mean, std)
+        split.inputs = split.inputs.standardized(mean, std)
   if data_config.get("placement", "device") != "host":  # in memory, then on the device
     for split in (train, validation, test):
       if split is not None:
-        split.images = np.asarray(split.images)
+        split.inputs = np.asarray(split.inputs)
   return PreparedData(train, validation, test, class_names, stats, raw.tokenizer)

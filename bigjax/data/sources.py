@@ -33,16 +33,17 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 @dataclasses.dataclass
 class RawData:
-  train_images: np.ndarray   # [N, H, W, C] (int tokens [N, T] for language models)
-  train_labels: np.ndarray   # int32 [N]; float32 [N] targets for regression; [N, T] tokens
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  """A source's whole data, as read: model inputs and targets per split."""
+  train_inputs: np.ndarray   # images [N, H, W, C]; int tokens [N, T]; features [N, F]
+  train_targets: np.ndarray  # int32 classes [N]; float32 regression targets [N]; [N, T] tokens
+  test_inputs: np.ndarray
+  test_targets: np.ndarray
   pixel_max: float           # images / pixel_max lies in [0, 1]; 0: integer tokens, unscaled
   class_names: list[str]
   # A source that holds out its own validation split (e.g. text, by position) sets these;
   # otherwise config.data.validation_fraction of train is held out at random.
-  validation_images: np.ndarray | None = None
-  validation_labels: np.ndarray | None = None
+  validation_inputs: np.ndarray | None = None
+  validation_targets: np.ndarray | None = None
   # A text source's tokenizer (tokenizers' JSON), saved with the run as tokenizer.json.
   tokenizer: str | None = None
 
@@ -122,7 +123,7 @@ def load_folder(data_config: Mapping[str, Any]) -> RawData:
 @register_source("arrays")
 def load_arrays(data_config: Mapping[str, Any]) -> RawData:
   """NumPy arrays: `path` is a .npz file or a folder of .npy files (memory-mapped) named
-  train_images/train_labels[/test_images/test_labels] (or x_train/y_train/x_test/y_test),
+  train_inputs/train_labels[/test_images/test_labels] (or x_train/y_train/x_test/y_test),
   optionally class_names. Images are uint8 (scaled by 1/255) or float (used as they are);
   float labels are regression targets. Without test arrays, config.data.test_fraction is
   held out (seeded by split_seed)."""
@@ -341,6 +342,6 @@ def load_raw(data_config: Mapping[str, Any]) -> RawData:
     raise ConfigError(f"config.data.image_size={size}: give (height, width), e.g. 224,224.")
   raw = source(data_config)
   if size:  # (a no-op for sources that resized as they read)
-    raw.train_images = resize_images(raw.train_images, size)
-    raw.test_images = resize_images(raw.test_images, size)
+    raw.train_inputs = resize_images(raw.train_inputs, size)
+    raw.test_inputs = resize_images(raw.test_inputs, size)
   return raw

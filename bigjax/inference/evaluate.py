@@ -29,7 +29,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
   checkpoint.require(workdir, step)
   programs = Programs(config)
   state, _, chosen = checkpoint.read(workdir, step, programs.initial_state,
-                                     input_channels=programs.data.train.images.shape[-1])
+                                     input_channels=programs.data.train.inputs.shape[-1])
   folder = checkpoint.checkpoint_dir(workdir, checkpoint.BEST if step == "best"
                                      else checkpoint.LATEST)
   logging.info("restored step %d from %s", chosen, folder)
@@ -72,7 +72,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, split: str | None =
   names = programs.data.class_names
   if files:  # a run trained before inference.json existed
     files = portable.expand_files(files)
-    images = load_image_files(files, programs.data.train.images.shape[1:], programs.data.stats)
+    images = load_image_files(files, programs.data.train.inputs.shape[1:], programs.data.stats)
     keys, labels, out_name = list(files), None, "predictions_files.csv"
     probabilities = programs.probabilities(state, jax.device_put(images))
   else:

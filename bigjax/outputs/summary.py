@@ -278,7 +278,7 @@ def _model_and_example(config):
   from bigjax.models import build_model
   example = spec.example_input(config.data)
   if example is None:
-    example = data_lib.load(config.data).train.images[:1]
+    example = data_lib.load(config.data).train.inputs[:1]
   return build_model(config.model), jnp.asarray(example)
 
 

@@ -161,12 +161,12 @@ class Programs:
     # batches are gathered there. Host placement: splits stay on the host (lazily read) and
     # each batch is copied over, split across the devices.
     everywhere = parallel.replicated(self.mesh)
-    self.splits = {name: ((jax.device_put(s.images, everywhere),
-                           jax.device_put(s.labels, everywhere))
-                          if self.placement == "device" else (s.images, s.labels))
+    self.splits = {name: ((jax.device_put(s.inputs, everywhere),
+                           jax.device_put(s.targets, everywhere))
+                          if self.placement == "device" else (s.inputs, s.targets))
                    for name, s in self.data.splits().items()}
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
-                 + f" examples of shape {self.data.train.images.shape[1:]}, "
+                 + f" examples of shape {self.data.train.inputs.shape[1:]}, "
                  + ("regression targets" if self.data.is_regression
                     else "tokens" if self.data.is_tokens
                     else f"{self.data.num_classes} classes")
@@ -188,7 +188,7 @@ class Programs:
       from bigjax.compression import quantization
       self.model = quantization.aware(self.model, aware)
     init_rng, self.train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    self.example_input = jnp.asarray(self.data.train.images[:1])
+    self.example_input = jnp.asarray(self.data.train.inputs[:1])
     t_init = time.perf_counter()
     with compilation.gc_paused():
       try:
@@ -203,7 +203,7 @@ class Programs:
             "--mode=quantize --quantize=static, which calibrates after training.") from e
     self.init_seconds = time.perf_counter() - t_init  # mostly compile
     outputs = jax.eval_shape(self.model.apply, variables, self.example_input)
-    self.classifies = has_class_outputs(outputs, self.data.train.labels)
+    self.classifies = has_class_outputs(outputs, self.data.train.targets)
     self.num_outputs = outputs.shape[-1]
     self.freeze = config.finetune.freeze
     if config.lora.rank > 0:  # train adapters on a frozen base (bigjax/finetuning/lora.py)
@@ -305,7 +305,7 @@ class Programs:
     if self.strategy == "pmap":  # one copy per device
       if not hasattr(self, "_pmap_inputs"):
         self._pmap_inputs = parallel.replicate_per_device(
-            (self.data.train.images, self.data.train.labels), self.devices)
+            (self.data.train.inputs, self.data.train.targets), self.devices)
       return self._pmap_inputs
     return self.splits["train"]
 
@@ -500,13 +500,13 @@ def _fix_evaluation_masks(data, data_config, vocab_size: int) -> None:
   for index, split in enumerate((data.validation, data.test)):
     if split is None or not len(split):
       continue
-    tokens = np.asarray(split.images)
+    tokens = np.asarray(split.inputs)
     inputs, labels = mask_tokens(
         jnp.asarray(tokens), jax.random.fold_in(jax.random.PRNGKey(data_config.split_seed),
                                                 index),
         float(opts.mlm_probability), int(opts.mlm_mask_id), int(opts.mlm_first_regular_id),
         vocab_size)
-    split.images, split.labels = np.asarray(inputs), np.asarray(labels)
+    split.inputs, split.targets = np.asarray(inputs), np.asarray(labels)
 
 
 def _version(package: str) -> str:

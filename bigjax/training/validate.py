@@ -35,7 +35,7 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
         f"{n_train} training examples (after holding out validation). Use "
         f"--config.train.batch_size={max(1, n_train // 10)} or more data.")
   for name, split in data.splits().items():
-    bad = _count_nonfinite(split.images)
+    bad = _count_nonfinite(split.inputs)
     if bad:
       raise ConfigError(
           f"The {name} split has {bad} NaN or infinite pixel values. Clean the data (e.g. "
@@ -54,8 +54,8 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
                       ">= 1 (train steps per compiled call; 1 = one step per call).")
   vocab = config.model.get("vocab_size")
   if vocab and data.is_tokens:
-    top = max([int(np.max(np.asarray(split.images))) for split in data.splits().values()
-               if len(split) and not isinstance(split.images, LazyImages)] or [0])
+    top = max([int(np.max(np.asarray(split.inputs))) for split in data.splits().values()
+               if len(split) and not isinstance(split.inputs, LazyImages)] or [0])
     if top >= vocab:
       raise ConfigError(
           f"The data holds token ids up to {top}, but the model's vocabulary is "
@@ -73,12 +73,12 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   for name, split in data.splits().items():
     if len(split) == 0:
       raise ConfigError(f"The {name} split is empty; check config.data.")
-    if np.ndim(split.labels) != 1:
+    if np.ndim(split.targets) != 1:
       raise ConfigError(
-          f"The {name} split's labels have shape {np.shape(split.labels)}, but a classifier "
+          f"The {name} split's labels have shape {np.shape(split.targets)}, but a classifier "
           "needs one integer label per example (shape [N]): were images given as labels? "
           "Check which array config.data names as the labels.")
-    lo, hi = int(split.labels.min()), int(split.labels.max())
+    lo, hi = int(split.targets.min()), int(split.targets.max())
     if lo < 0:
       raise ConfigError(
           f"The {name} split has negative labels (down to {lo}); class labels are "
@@ -88,10 +88,10 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
           f"The {name} split has labels in [{lo}, {hi}] but the model has "
           f"num_classes={num_classes} outputs. Set --config.model.num_classes={hi + 1} "
           "(or check the data's labels).")
-  if len(np.unique(np.asarray(data.train.labels))) < 2:
+  if len(np.unique(np.asarray(data.train.targets))) < 2:
     raise ConfigError(
         f"The training split has examples of only one class (label "
-        f"{int(np.asarray(data.train.labels)[0])}): a classifier needs two or more. Check the "
+        f"{int(np.asarray(data.train.targets)[0])}): a classifier needs two or more. Check the "
         "data (an image folder needs one subfolder per class).")
   if data.num_classes > num_classes:
     raise ConfigError(

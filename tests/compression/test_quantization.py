@@ -33,7 +33,7 @@ def cnn(tmp_path_factory):
     config.report.update(plots=False, html=False, tensorboard=False)
   train.run(config, workdir)
   programs = Programs(config)
-  test = (np.asarray(programs.data.test.images), np.asarray(programs.data.test.labels))
+  test = (np.asarray(programs.data.test.inputs), np.asarray(programs.data.test.targets))
   return config, workdir, portable.load(workdir, config), programs, test
 
 

@@ -60,8 +60,8 @@ def test_idx_source_reads_a_folder_and_names_missing_files(tmp_path):
   with config.unlocked():
     config.source, config.path = "idx", str(tmp_path)
   raw = sources.load_raw(config)
-  assert raw.train_images.shape == (30, 28, 28, 1) and raw.test_images.shape == (10, 28, 28, 1)
-  assert raw.train_labels.dtype == np.int32
+  assert raw.train_inputs.shape == (30, 28, 28, 1) and raw.test_inputs.shape == (10, 28, 28, 1)
+  assert raw.train_targets.dtype == np.int32
   os.remove(tmp_path / "t10k-labels-idx1-ubyte")
   with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
     sources.load_raw(config)
@@ -75,8 +75,8 @@ def test_debian_fashion_mnist_loads_in_full(fashion_mnist_dir):
   images, labels = idx.load_idx_split(fashion_mnist_dir, "train")
   assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
   assert np.bincount(labels).tolist() == [6000] * 10
-  test_images, test_labels = idx.load_idx_split(fashion_mnist_dir, "test")
-  assert test_images.shape == (10000, 28, 28, 1) and np.bincount(test_labels).tolist() == [1000] * 10
+  test_inputs, test_targets = idx.load_idx_split(fashion_mnist_dir, "test")
+  assert test_inputs.shape == (10000, 28, 28, 1) and np.bincount(test_targets).tolist() == [1000] * 10
 
 
 def test_train_validation_split_sizes_disjoint_and_fixed():
@@ -114,15 +114,15 @@ def test_prepare_scales_and_standardises_with_train_statistics():
                         [str(i) for i in range(10)])
   config = mnist.get_config().data
   prepared = pipeline.prepare(raw, config)
-  assert prepared.test.images.max() == 1.0 and prepared.train.images.min() >= 0.0
+  assert prepared.test.inputs.max() == 1.0 and prepared.train.inputs.min() >= 0.0
   assert len(prepared.train) == 40 and len(prepared.validation) == 10
   with config.unlocked():
     config.standardize = True
   standardised = pipeline.prepare(raw, config)
-  assert abs(standardised.train.images.mean()) < 1e-5
-  assert standardised.train.images.std() == pytest.approx(1.0, rel=1e-4)
+  assert abs(standardised.train.inputs.mean()) < 1e-5
+  assert standardised.train.inputs.std() == pytest.approx(1.0, rel=1e-4)
   mean, std = standardised.stats["mean"][0], standardised.stats["std"][0]
-  np.testing.assert_allclose(standardised.test.images, (1.0 - mean) / std, rtol=1e-5)
+  np.testing.assert_allclose(standardised.test.inputs, (1.0 - mean) / std, rtol=1e-5)
 
 
 def test_tfds_source_with_mock_data():
@@ -132,7 +132,7 @@ def test_tfds_source_with_mock_data():
     config.name = "fashion_mnist"
   with tfds.testing.mock_data(num_examples=40):
     raw = sources.load_raw(config)
-  assert raw.train_images.shape == (40, 28, 28, 1) and raw.train_images.dtype == np.uint8
+  assert raw.train_inputs.shape == (40, 28, 28, 1) and raw.train_inputs.dtype == np.uint8
   assert raw.class_names[0] == "T-shirt/top" and raw.num_classes == 10
 
 

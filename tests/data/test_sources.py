@@ -37,13 +37,13 @@ def test_image_folder_labels_by_sorted_folder_and_holds_out_test(tmp_path):
   root = _write_folder(tmp_path / "pets")
   raw = sources.load_raw(_data_config(source="folder", path=str(root), test_fraction=0.2))
   assert raw.class_names == ["cat", "dog", "emu"]
-  assert len(raw.train_labels) == 12 and len(raw.test_labels) == 3
-  assert raw.train_images.shape[1:] == (12, 10, 3) and raw.train_images.dtype == np.uint8
-  for images, labels in ((raw.train_images, raw.train_labels),
-                         (raw.test_images, raw.test_labels)):
+  assert len(raw.train_targets) == 12 and len(raw.test_targets) == 3
+  assert raw.train_inputs.shape[1:] == (12, 10, 3) and raw.train_inputs.dtype == np.uint8
+  for images, labels in ((raw.train_inputs, raw.train_targets),
+                         (raw.test_inputs, raw.test_targets)):
     np.testing.assert_array_equal(images[:, 0, 0, 0] // 40, labels)  # pixels match labels
   again = sources.load_raw(_data_config(source="folder", path=str(root), test_fraction=0.2))
-  np.testing.assert_array_equal(raw.test_images, again.test_images)  # split fixed by seed
+  np.testing.assert_array_equal(raw.test_inputs, again.test_inputs)  # split fixed by seed
 
 
 def test_image_folder_with_train_and_test_subfolders_resized_and_grayscale(tmp_path):
@@ -52,11 +52,11 @@ def test_image_folder_with_train_and_test_subfolders_resized_and_grayscale(tmp_p
                 mode="L")
   raw = sources.load_raw(_data_config(source="folder", path=str(tmp_path / "d"),
                                       image_size=(8, 8)))
-  assert raw.train_images.shape == (15, 8, 8, 1) and raw.test_images.shape == (4, 8, 8, 1)
-  np.testing.assert_array_equal(raw.test_labels, [0, 0, 2, 2])  # the train folder's labels
+  assert raw.train_inputs.shape == (15, 8, 8, 1) and raw.test_inputs.shape == (4, 8, 8, 1)
+  np.testing.assert_array_equal(raw.test_targets, [0, 0, 2, 2])  # the train folder's labels
   rgb = sources.load_raw(_data_config(source="folder", path=str(tmp_path / "d"),
                                       image_size=(8, 8), channels=3))
-  assert rgb.train_images.shape == (15, 8, 8, 3)
+  assert rgb.train_inputs.shape == (15, 8, 8, 3)
 
 
 def test_image_folder_bad_input_names_the_problem(tmp_path):
@@ -76,7 +76,7 @@ def test_image_folder_bad_input_names_the_problem(tmp_path):
   with pytest.raises(BadImageError, match="Cannot decode .*/cat/broken.jpg.*skip_bad_images"):
     sources.load_raw(config())
   raw = sources.load_raw(config(skip_bad_images=True))
-  assert len(raw.train_labels) + len(raw.test_labels) == 15
+  assert len(raw.train_targets) + len(raw.test_targets) == 15
 
 
 def _arrays(n=50, n_test=20, shape=(6, 6)):
@@ -91,12 +91,12 @@ def test_npz_arrays_keras_names_and_held_out_test(tmp_path):
   arrays = _arrays()
   np.savez(tmp_path / "d.npz", **arrays)
   raw = sources.load_raw(_data_config(source="arrays", path=str(tmp_path / "d.npz")))
-  np.testing.assert_array_equal(raw.train_images[..., 0], arrays["x_train"])
-  assert raw.test_labels.dtype == np.int32 and raw.pixel_max == 255.0 and raw.num_classes == 4
+  np.testing.assert_array_equal(raw.train_inputs[..., 0], arrays["x_train"])
+  assert raw.test_targets.dtype == np.int32 and raw.pixel_max == 255.0 and raw.num_classes == 4
   np.savez(tmp_path / "t.npz", train_images=arrays["x_train"], train_labels=arrays["y_train"])
   held = sources.load_raw(_data_config(source="arrays", path=str(tmp_path / "t.npz"),
                                        test_fraction=0.2))
-  assert len(held.train_labels) == 40 and len(held.test_labels) == 10
+  assert len(held.train_targets) == 40 and len(held.test_targets) == 10
 
 
 def test_arrays_bad_input(tmp_path):
@@ -118,21 +118,21 @@ def test_npy_folder_is_memory_mapped_and_host_placement_reads_it_lazily(tmp_path
   config = _data_config(source="arrays", path=str(tmp_path), validation_fraction=0.2,
                         standardize=True, placement="host")
   data = pipeline.prepare(sources.load_raw(config), config)
-  assert isinstance(data.train.images, pipeline.LazyImages)
-  assert isinstance(data.train.images.raw, np.memmap)  # nothing read yet
+  assert isinstance(data.train.inputs, pipeline.LazyImages)
+  assert isinstance(data.train.inputs.raw, np.memmap)  # nothing read yet
   with config.unlocked():
     config.placement = "device"
   eager = pipeline.prepare(sources.load_raw(config), config)
-  assert isinstance(eager.train.images, np.ndarray)
+  assert isinstance(eager.train.inputs, np.ndarray)
   for lazy, dense in ((data.train, eager.train), (data.validation, eager.validation),
                       (data.test, eager.test)):
-    assert lazy.images.shape == dense.images.shape
+    assert lazy.inputs.shape == dense.inputs.shape
     rows = np.array([5, 0, 3, 3])
-    np.testing.assert_array_equal(lazy.images[rows], dense.images[rows])
-    np.testing.assert_array_equal(lazy.images[2:4], dense.images[2:4])
-    np.testing.assert_array_equal(lazy.labels, dense.labels)
+    np.testing.assert_array_equal(lazy.inputs[rows], dense.inputs[rows])
+    np.testing.assert_array_equal(lazy.inputs[2:4], dense.inputs[2:4])
+    np.testing.assert_array_equal(lazy.targets, dense.targets)
   assert data.stats == eager.stats
-  np.testing.assert_allclose(eager.train.images.mean(), 0.0, atol=1e-5)
+  np.testing.assert_allclose(eager.train.inputs.mean(), 0.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -157,7 +157,7 @@ def test_resize_of_tfds_mock_data():
   config = _data_config(source="tfds", name="fashion_mnist", image_size=(14, 14))
   with tfds.testing.mock_data(num_examples=12):
     raw = sources.load_raw(config)
-  assert raw.train_images.shape == (12, 14, 14, 1)
+  assert raw.train_inputs.shape == (12, 14, 14, 1)
 
 
 def test_host_shard_covers_the_batch_once_and_checks_divisibility():
@@ -216,11 +216,11 @@ def test_tfds_host_placement_streams_from_the_data_source(tmp_path):
     with config.unlocked():
       config.placement = "device"
     eager = pipeline.prepare(sources.load_raw(config), config)
-  assert isinstance(lazy.train.images.raw, tfds_source.DataSourceImages)
-  assert lazy.train.images.shape == eager.train.images.shape == (12, 14, 14, 1)
+  assert isinstance(lazy.train.inputs.raw, tfds_source.DataSourceImages)
+  assert lazy.train.inputs.shape == eager.train.inputs.shape == (12, 14, 14, 1)
   with tfds.testing.mock_data(num_examples=16):
-    np.testing.assert_array_equal(lazy.train.images[[3, 0]], eager.train.images[[3, 0]])
-  np.testing.assert_array_equal(lazy.validation.labels, eager.validation.labels)
+    np.testing.assert_array_equal(lazy.train.inputs[[3, 0]], eager.train.inputs[[3, 0]])
+  np.testing.assert_array_equal(lazy.validation.targets, eager.validation.targets)
 
 
 @pytest.mark.slow

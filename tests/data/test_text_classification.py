@@ -88,9 +88,9 @@ def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
   raw = sources.SOURCES.get("text_classification")(config)
   again = sources.SOURCES.get("text_classification")(config)
   assert raw.class_names == ["ham", "spam"] and raw.pixel_max == 0.0
-  assert raw.train_images.shape == (40, 8) and raw.test_images.shape == (10, 8)
-  np.testing.assert_array_equal(raw.test_images, again.test_images)  # fixed by split_seed
-  assert set(raw.train_labels.tolist()) == {0, 1}
+  assert raw.train_inputs.shape == (40, 8) and raw.test_inputs.shape == (10, 8)
+  np.testing.assert_array_equal(raw.test_inputs, again.test_inputs)  # fixed by split_seed
+  assert set(raw.train_targets.tolist()) == {0, 1}
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
@@ -108,7 +108,7 @@ def test_a_tokenizer_trained_on_the_training_texts_keeps_the_special_ids(kind, t
   tokenizer = Tokenizer.from_str(raw.tokenizer)
   assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")] == [
       tc.PAD, tc.CLS, tc.SEP, tc.MASK]
-  for row in np.concatenate([raw.train_images, raw.test_images]):
+  for row in np.concatenate([raw.train_inputs, raw.test_inputs]):
     body = row[row != tc.PAD]
     assert body[0] == tc.CLS and body[-1] == tc.SEP and (row[len(body):] == tc.PAD).all()
   assert tokenizer.token_to_id("bread") is not None  # whole words of the training texts
@@ -116,8 +116,8 @@ def test_a_tokenizer_trained_on_the_training_texts_keeps_the_special_ids(kind, t
   path = tmp_path / "tokenizer.json"
   path.write_text(raw.tokenizer)
   again = sources.SOURCES.get("text_classification")({**config, "tokenizer": str(path)})
-  np.testing.assert_array_equal(again.train_images, raw.train_images)
-  np.testing.assert_array_equal(again.test_images, raw.test_images)
+  np.testing.assert_array_equal(again.train_inputs, raw.train_inputs)
+  np.testing.assert_array_equal(again.test_inputs, raw.test_inputs)
   with pytest.raises(ConfigError, match='use "bytes", "wordpiece:N" or "bpe:N" with N >= 260'):
     tc.tokenizer_for(f"{kind}:12")
 
@@ -135,7 +135,7 @@ def test_a_trained_tokenizer_never_sees_the_test_texts(tmp_path):
   vocabulary = tokenizer.get_vocab()
   # Each text is one word thrice: a text's word is a whole token iff the text is in train.
   assert len([w for w in words if w in vocabulary]) == 80  # the 80 training texts' words
-  for row in raw.test_images:  # a test text's word comes in pieces
+  for row in raw.test_inputs:  # a test text's word comes in pieces
     assert len(tokenizer.decode(row[1:2].tolist())) < 3
 
 
@@ -155,8 +155,8 @@ def test_a_tfds_text_classification_dataset_by_name_trains_on_mock_data(tmp_path
   with tfds.testing.mock_data(num_examples=40):
     raw = sources.load_raw(config.data)
     results = train.run(config, str(tmp_path / "run"))
-  assert raw.class_names == ["neg", "pos"] and raw.train_images.shape == (40, 32)
-  assert set(np.unique(raw.train_labels)) <= {0, 1}
+  assert raw.class_names == ["neg", "pos"] and raw.train_inputs.shape == (40, 32)
+  assert set(np.unique(raw.train_targets)) <= {0, 1}
   assert np.isfinite(results["test_loss"])
   with pytest.raises(ConfigError, match='no text feature "review"'):
     with tfds.testing.mock_data(num_examples=4):
@@ -170,7 +170,7 @@ def test_categories_select_labels_of_a_table_and_unknown_ones_are_named(tmp_path
   data = dict(fortunes_bert.get_config("small").data, path=str(path))
   raw = sources.SOURCES.get("text_classification")(dict(data, categories=("c", "a")))
   assert raw.class_names == ["c", "a"]
-  assert len(raw.train_labels) + len(raw.test_labels) == 20  # the b texts left out
+  assert len(raw.train_targets) + len(raw.test_targets) == 20  # the b texts left out
   with pytest.raises(ConfigError, match=r"categories names \['x'\], which no text .* the "
                      r"labels are \['a', 'b', 'c'\]"):
     sources.SOURCES.get("text_classification")(dict(data, categories=("a", "x")))

@@ -92,7 +92,7 @@ def test_float_labels_with_whole_values_are_regression_and_the_log_says_so(tmp_p
   path = _npz(tmp_path, np.tile(np.arange(10.0), 6))
   with caplog.at_level("WARNING"):
     raw = sources.SOURCES.get("arrays")({"path": path, "split_seed": 0, "test_fraction": 0.2})
-  assert raw.train_labels.dtype == np.float32
+  assert raw.train_targets.dtype == np.float32
   assert "floats with only whole values" in caplog.text and "astype(np.int64)" in caplog.text
 
 

@@ -409,8 +409,8 @@ def test_nan_pixels_fail_before_training(tmp_path):
 
   def nan_digits(data_config):
     raw = sources.load_digits(data_config)
-    raw.train_images = raw.train_images.astype(np.float32)
-    raw.train_images[3, 2, 2, 0] = np.nan
+    raw.train_inputs = raw.train_inputs.astype(np.float32)
+    raw.train_inputs[3, 2, 2, 0] = np.nan
     return raw
 
   if "test_nan_digits" not in sources.SOURCES:

@@ -61,7 +61,7 @@ def test_the_export_runs_with_jax_alone_at_any_batch_size(exported, tmp_path):
   assert sorted(os.listdir(folder)) == ["README.md", "inference.json", "model.jax",
                                         "model.onnx", "predict.py"]
   programs = Programs(config)
-  inputs = np.asarray(programs.data.test.images[:7])
+  inputs = np.asarray(programs.data.test.inputs[:7])
   np.save(tmp_path / "inputs.npy", inputs)
   predictor = portable.load(workdir, config)
   expected = predictor.outputs(inputs)
@@ -85,7 +85,7 @@ def test_the_export_runs_with_jax_alone_at_any_batch_size(exported, tmp_path):
 def test_the_onnx_model_gives_jaxs_outputs_in_onnxruntime(exported):
   import onnxruntime
   config, workdir = exported
-  inputs = np.asarray(Programs(config).data.test.images[:50])
+  inputs = np.asarray(Programs(config).data.test.inputs[:50])
   session = onnxruntime.InferenceSession(os.path.join(workdir, "export", "model.onnx"),
                                          providers=["CPUExecutionProvider"])
   got = session.run(None, {session.get_inputs()[0].name: inputs})[0]

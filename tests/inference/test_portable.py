@@ -69,7 +69,7 @@ def test_predict_needs_only_the_workdir(tmp_path):
   programs = Programs(config)
   pictures = tmp_path / "pictures"
   os.makedirs(pictures / "more")
-  raw = (programs.data.test.images[:6, ..., 0] * programs.data.stats["std"][0]
+  raw = (programs.data.test.inputs[:6, ..., 0] * programs.data.stats["std"][0]
          + programs.data.stats["mean"][0])  # in [0, 1], as the run read them
   files = []
   for i in range(6):
@@ -79,7 +79,7 @@ def test_predict_needs_only_the_workdir(tmp_path):
   # With the data present, the portable model gives Programs' probabilities.
   predictor = portable.load(workdir, config)
   prepared = predictor.prepare(raw[..., None])
-  np.testing.assert_allclose(prepared, programs.data.test.images[:6], atol=1e-5)
+  np.testing.assert_allclose(prepared, programs.data.test.inputs[:6], atol=1e-5)
   state = inference.restore(config, workdir)[1]
   np.testing.assert_allclose(predictor.probabilities(prepared),
                              programs.probabilities(state, prepared), atol=1e-6)

@@ -172,11 +172,11 @@ def test_text_source_splits_by_position_into_windows(tmp_path):
     config.path = str(_corpus(tmp_path))
   raw = sources.load_raw(config)
   t = config.seq_len
-  assert raw.train_images.shape[1:] == (t,) and raw.pixel_max == 0.0
-  np.testing.assert_array_equal(raw.train_images[:, 1:], raw.train_labels[:, :-1])
-  np.testing.assert_array_equal(raw.train_images[1:, 0], raw.train_labels[:-1, -1])
-  assert text.decode(raw.train_images[0]).startswith("the quick brown fox")
-  assert "liquor jugs" in text.decode(raw.test_images[-1])  # the end of the corpus
+  assert raw.train_inputs.shape[1:] == (t,) and raw.pixel_max == 0.0
+  np.testing.assert_array_equal(raw.train_inputs[:, 1:], raw.train_targets[:, :-1])
+  np.testing.assert_array_equal(raw.train_inputs[1:, 0], raw.train_targets[:-1, -1])
+  assert text.decode(raw.train_inputs[0]).startswith("the quick brown fox")
+  assert "liquor jugs" in text.decode(raw.test_inputs[-1])  # the end of the corpus
 
 
 @pytest.mark.slow
@@ -236,9 +236,9 @@ def test_tfds_text_dataset_by_name_trains_on_mock_data(tmp_path):
         (ex["text"].encode() if isinstance(ex["text"], str) else ex["text"]) + b"\n"
         for ex in tfds.builder("tiny_shakespeare").as_data_source(split="train"))
     results = train.run(config, str(tmp_path))
-  stream = raw.train_images.ravel()  # consecutive windows of the stream
+  stream = raw.train_inputs.ravel()  # consecutive windows of the stream
   assert bytes(stream.astype(np.uint8)) == expected[:len(stream)]  # the text, in order
-  assert raw.validation_images is not None and results["steps"] == 5
+  assert raw.validation_inputs is not None and results["steps"] == 5
   assert np.isfinite(results["metrics"]["test"]["loss"])
   with pytest.raises(ConfigError, match='TFDS "mnist" has no single text feature'):
     with tfds.testing.mock_data(num_examples=4):

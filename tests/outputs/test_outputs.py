@@ -194,7 +194,7 @@ def test_predict_mode_on_a_split_and_on_image_files(finished_run, tmp_path):
   setup = Programs(config)
   files = []
   for i in range(6):
-    pixels = np.rint(setup.data.test.images[i, ..., 0] * 255).astype(np.uint8)
+    pixels = np.rint(setup.data.test.inputs[i, ..., 0] * 255).astype(np.uint8)
     files.append(str(tmp_path / f"digit{i}.png"))
     Image.fromarray(pixels).save(files[-1])
   path = inference.predict(config, workdir, files=files)

@@ -154,7 +154,7 @@ def test_the_input_spec_from_the_config_is_the_datas(spec, tmp_path):
   assert example is not None
   with tfds.testing.mock_data(num_examples=8, data_dir=str(tmp_path)):
     data = data_lib.load(config.data)
-  first = np.asarray(data.train.images[:1])
+  first = np.asarray(data.train.inputs[:1])
   assert (example.shape, example.dtype) == (first.shape, first.dtype)
 
 
