@@ -199,6 +199,9 @@ def _main(flag_values: flags.FlagValues, files: Sequence[str]) -> None:
       if not flag_values.trust_plugins:
         from bigjax import registry
         registry.refuse_plugins_from(os.path.join(workdir, "config.json"), config)
+    else:  # as training built it: an hf: init_from names the architecture
+      from bigjax.finetuning import finetune
+      config = finetune.with_checkpoint_architecture(config)
     if flag_values.mode == "sample":
       from bigjax.inference import sample
       prompt = flag_values.prompt

@@ -309,9 +309,11 @@ def test_transformers_loads_an_export_to_the_fixtures_logits(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_fine_tunes_an_imported_llama_leaving_its_weights_as_imported(tmp_path):
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_lora_fine_tunes_an_imported_checkpoint_and_exports_it_merged(name, tmp_path):
   """The LoRA recipe on a Hugging Face checkpoint: hf: sets the architecture, the imported
-  weights load into the frozen base, only the rank-4 adapters train."""
+  weights load into the frozen base, only the rank-4 adapters train; exported back to
+  transformers, the adapters are merged into exactly the weights they adapt."""
   from bigjax import train
   from bigjax.finetuning import lora
   from bigjax.training import checkpoint
@@ -320,7 +322,7 @@ def test_lora_fine_tunes_an_imported_llama_leaving_its_weights_as_imported(tmp_p
   corpus.write_text("0101 10!, 0.1 " * 400)
   config = lm_tiny.get_config("small")
   with config.unlocked():
-    config.init_from.path = "hf:" + os.path.join(FIXTURES, "llama")
+    config.init_from.path = "hf:" + os.path.join(FIXTURES, name)
     config.lora.update(rank=4, alpha=8.0, targets="attention/qkv|mlp_")
     config.data.update(path=str(corpus), seq_len=12)
     config.train.update(num_steps=6, batch_size=4)
@@ -330,11 +332,27 @@ def test_lora_fine_tunes_an_imported_llama_leaving_its_weights_as_imported(tmp_p
   assert results["trainable_params"] < 0.5 * results["num_params"]
   _, trained = checkpoint.latest_params(str(tmp_path / "run"))
   assert lora.is_lora(trained)
-  _, imported, _, _ = _imported(os.path.join(FIXTURES, "llama"))
+  _, imported, _, _ = _imported(os.path.join(FIXTURES, name))
   jax.tree.map(np.testing.assert_array_equal, trained[lora.BASE], jax.device_get(imported))
   moved = [float(np.abs(b).max()) for path, b in finetune.flatten(trained[lora.ADAPTERS]).items()
            if path.endswith("/b")]
   assert moved and max(moved) > 0  # the adapters' B (zero at the start) trained
+  from bigjax.inference import export
+  from bigjax.models import hf_export
+  saved = train.load_run_config(str(tmp_path / "run"))  # the architecture training built
+  folder = export.export_hf(saved, str(tmp_path / "run"))
+  written = hf.read_tensors(hf.PREFIX + folder)
+  merged = hf_export.tensors_of(lora.merge(trained, 8.0 / 4), saved.model)
+  original = hf.read_tensors(hf.PREFIX + os.path.join(FIXTURES, name))
+  assert written.keys() == merged.keys()
+  changed = set()
+  for key in written:
+    np.testing.assert_array_equal(written[key], merged[key])
+    if not np.array_equal(written[key], original[key]):
+      changed.add(key)
+  adapted = ("q_proj", "k_proj", "v_proj", "mlp") if name == "llama" else ("c_attn", "mlp")
+  assert changed and all(any(a in key for a in adapted) and key.endswith("weight")
+                         for key in changed), sorted(changed)
 
 
 def _trained_vit(tmp_path):
