@@ -9,10 +9,11 @@ IDX files), on this machine's CPU:
   each: test accuracy, param bytes, model.jax bytes (and gzip'd, which is what sparsity
   saves), latency at batch 1 and 256 through the exported StableHLO (jax) and, for float
   models, ONNX (onnxruntime)
-  distillation: the MLP taught by the CNN against the MLP from scratch, 3 seeds.
+  distillation: the MLP taught by --teacher against the MLP from scratch, 3 seeds.
 
   python -m bench.compression [--models=mlp,cnn,resnet20] [--epochs=mlp:5,cnn:3,resnet20:2]
-      [--finetune_epochs=1] [--seeds=0,1,2] [--distill_epochs=5] [--distill_alpha=0.5]
+      [--finetune_epochs=1] [--prune_end=0.75] [--teacher=cnn] [--seeds=0,1,2]
+      [--distill_epochs=5] [--distill_alpha=0.5]
       [--distill_temperature=4] [--out=bench/results/compression_cpu2.md]
 
 Needs `apt-get install dataset-fashion-mnist` and bigjax[export]. Each measurement is
@@ -43,6 +44,10 @@ from configs import fashion_mnist, fashion_mnist_resnet
 flags.DEFINE_list("models", ["mlp", "cnn", "resnet20"], "Which models to compress.")
 flags.DEFINE_list("epochs", ["mlp:5", "cnn:3", "resnet20:2"], "Float training epochs.")
 flags.DEFINE_integer("finetune_epochs", 1, "Epochs of QAT and of pruning fine-tunes.")
+flags.DEFINE_float("prune_end", 0.75, "Where in the fine-tune the pruning schedule reaches "
+                   "its sparsity (a fraction of its steps); the rest trains at it.")
+flags.DEFINE_string("teacher", "cnn", "The distillation's teacher, one of --models ('': no "
+                    "distillation).")
 flags.DEFINE_list("sparsities", ["0.5", "0.8", "0.9"], "Pruning targets.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the distillation comparison.")
 flags.DEFINE_integer("distill_epochs", 5, "Epochs of each distillation student.")
@@ -155,11 +160,15 @@ def main(argv):
       record(_measure(name, "int8 QAT (dynamic)", quantized, qat_dir, test))
       for sparsity in map(float, f.sparsities):
         pruned_dir = os.path.join(tmp, f"{name}_pruned{sparsity}")
-        pruned = _trained(_config(name, **fine, **{"prune.sparsity": sparsity,
-                                                   "prune.every_steps": 50}), pruned_dir)
+        fine_steps = programs.total_steps // n * f.finetune_epochs
+        pruned = _trained(_config(name, **fine, **{
+            "prune.sparsity": sparsity, "prune.every_steps": 50,
+            "prune.end_step": int(f.prune_end * fine_steps)}), pruned_dir)
         record(_measure(name, f"pruned {sparsity:.0%}", pruned, pruned_dir, test))
-    if "cnn" in f.models:  # the MLP taught by the CNN, against the MLP alone
-      teacher = os.path.join(tmp, "cnn")
+    if f.teacher:  # the MLP taught by the teacher, against the MLP alone
+      if f.teacher not in f.models:
+        raise app.UsageError(f"--teacher={f.teacher} is not among --models.")
+      teacher = os.path.join(tmp, f.teacher)
       for seed in map(int, f.seeds):
         for how, extra in (("scratch", {}), ("distilled", {
             "distill.teacher": teacher, "distill.alpha": f.distill_alpha,
@@ -209,14 +218,16 @@ def _table(rows: list[dict], seconds: float) -> str:
             and r["param_bytes"] <= 0.26 * b["param_bytes"]]
     lines.append(f"- {model}: int8 within 0.5 points at a quarter of the bytes: "
                  f"{', '.join(held) or 'none'}"
-                 + (f"; 80% sparsity {100 * (pruned['test_accuracy'] - tuned['test_accuracy']):+.2f}"
-                    " points against the same fine-tune in float" if pruned and tuned else ""))
+                 + (f"; 80% sparsity {100 * (pruned['test_accuracy'] - b['test_accuracy']):+.2f}"
+                    " points against float32, "
+                    f"{100 * (pruned['test_accuracy'] - tuned['test_accuracy']):+.2f} against "
+                    "the same fine-tune in float" if pruned and tuned else ""))
   students = [r for r in rows if r["model"] == "mlp student"]
   if students:
     f = flags.FLAGS
     lines += ["", f"Students: {f.distill_epochs} epochs; distilled with alpha {f.distill_alpha}, "
               f"temperature {f.distill_temperature}.", "",
-              "| seed | MLP from scratch | MLP distilled from the CNN |", "|---|---|---|"]
+              f"| seed | MLP from scratch | MLP distilled from the {f.teacher} |", "|---|---|---|"]
     by_seed: dict = {}
     for r in students:
       by_seed.setdefault(r["seed"], {})[r["variant"]] = r["test_accuracy"]

@@ -1,14 +1,18 @@
 """Does masked-LM pre-training pay for text classification? configs/fortunes_bert.py: a
 BERT-tiny-shaped encoder classifies 6 fortune categories, from scratch and fine-tuned after
 a masked-LM pre-training on every fortune file's texts; test accuracy and macro-F1 on the
-fixed held-out split, per seed.
+fixed held-out split, per seed. Also the speed figures: tokenizing all fortunes, and
+masked-LM tokens/s of the pre-training and of a BERT-mini.
 
-  python -m bench.text_pretraining [--seeds=0,1,2] [--pretrain_epochs=3] [--epochs=10]
-      [--out=bench/results/text_pretraining_cpu2.md]      # needs: apt-get install fortunes
+  python -m bench.text_pretraining [--seeds=0,1,2] [--pretrain_epochs=30] [--epochs=10]
+      [--tokenizer=wordpiece:4096] [--out=bench/results/text_pretraining_cpu2.md]
+      # needs: apt-get install fortunes
 
-The pre-training runs once (seed 0); each seed then trains the classifier both ways with the
-same data order. The pre-training's texts include the classification's test texts, without
-their labels (as a real pre-training corpus would).
+The pre-training runs once (seed 0) and its tokenizer (trained on its texts) serves every
+classifier, from scratch too, so the two differ in their initial weights alone. Each seed
+then trains the classifier both ways with the same data order. The pre-training's texts
+include the classification's test texts, without their labels (as a real pre-training
+corpus would).
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from bigjax import cli, train
 from configs import fortunes_bert
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the classification runs.")
-flags.DEFINE_integer("pretrain_epochs", 3, "Masked-LM epochs over every fortune file.")
+flags.DEFINE_integer("pretrain_epochs", 30, "Masked-LM epochs over every fortune file.")
+flags.DEFINE_integer("pretrain_batch", 128, "Masked-LM batch size.")
+flags.DEFINE_float("pretrain_lr", 3e-3, "Masked-LM peak learning rate.")
 flags.DEFINE_integer("epochs", 10, "Classification epochs.")
+flags.DEFINE_float("lr", 1e-3, "Classification peak learning rate (both ways).")
+flags.DEFINE_string("tokenizer", "wordpiece:4096", "config.data.tokenizer of the pre-training.")
+flags.DEFINE_integer("seq_len", 64, "Tokens per text.")
+flags.DEFINE_integer("speed_steps", 60, "Steps of the BERT-mini speed run (0: skip it).")
 flags.DEFINE_string("out", "", "Also write the table (markdown) here.")
 
 
@@ -38,25 +48,65 @@ def _quiet(config, **overrides):
   return config
 
 
+def _sized(tokenizer_vocab: int, seq_len: int) -> dict:
+  return {"model.vocab_size": tokenizer_vocab, "data.seq_len": seq_len,
+          "model.max_positions": seq_len}
+
+
+def _tokenizing_seconds(spec: str) -> tuple[float, float, int]:
+  """(seconds to train the tokenizer, seconds to encode, texts) on every fortune file."""
+  from bigjax.data import text_classification as tc
+  texts, _ = tc.read_texts(fortunes_bert.FORTUNES)
+  t0 = time.perf_counter()
+  tokenizer = tc.tokenizer_for(spec, texts)
+  t1 = time.perf_counter()
+  tc.tokenize(texts, tokenizer, 128)
+  return t1 - t0, time.perf_counter() - t1, len(texts)
+
+
 def main(argv):
   del argv
   cli._quiet_logs()
-  epochs = flags.FLAGS.epochs
-  rows = []
+  f = flags.FLAGS
+  vocab = int(f.tokenizer.split(":")[1]) if ":" in f.tokenizer else 260
+  rows, speed = [], []
+  train_s, encode_s, n_texts = _tokenizing_seconds(f.tokenizer)
+  speed.append(f"tokenizing every fortune file ({n_texts:,} texts) with {f.tokenizer}: "
+               f"{train_s:.2f} s to train the tokenizer, {encode_s:.2f} s to encode")
   with tempfile.TemporaryDirectory() as tmp:
+    if f.speed_steps:
+      from bigjax.models import bert
+      mini = {f"model.{k}": v for k, v in bert.sized("mini").items()}
+      results = train.run(_quiet(fortunes_bert.get_config("mlm"), **{
+          **mini, **_sized(vocab, f.seq_len), "data.tokenizer": f.tokenizer,
+          "train.num_steps": f.speed_steps, "train.batch_size": 32,
+          "eval.at_end": "", "eval.every_epoch": ""}), os.path.join(tmp, "mini"))
+      speed.append(f"BERT-mini ({results['num_params']:,} parameters) masked-LM: "
+                   f"{results['steady_examples_per_second'] * f.seq_len:,.0f} tokens/s "
+                   f"(batch 32 x {f.seq_len} tokens, padding included)")
     start = time.perf_counter()
     pretrained = os.path.join(tmp, "mlm")
-    mlm = train.run(_quiet(fortunes_bert.get_config("mlm"),
-                           **{"train.num_epochs": flags.FLAGS.pretrain_epochs}), pretrained)
+    mlm = train.run(_quiet(fortunes_bert.get_config("mlm"), **{
+        **_sized(vocab, f.seq_len), "data.tokenizer": f.tokenizer,
+        "train.num_epochs": f.pretrain_epochs, "train.batch_size": f.pretrain_batch,
+        "optimizer.learning_rate": f.pretrain_lr}), pretrained)
     pretrain_s = time.perf_counter() - start
-    with open(os.path.join(pretrained, "metrics.jsonl")) as f:
-      mlm_losses = [json.loads(line)["loss"] for line in f if '"split": "train"' in line]
-    for seed in map(int, flags.FLAGS.seeds):
+    speed.append(f"the pre-training's encoder ({mlm['num_params']:,} parameters) masked-LM: "
+                 f"{mlm['steady_examples_per_second'] * f.seq_len:,.0f} tokens/s (batch "
+                 f"{f.pretrain_batch} x {f.seq_len} tokens)")
+    with open(os.path.join(pretrained, "metrics.jsonl")) as log:
+      mlm_rows = [json.loads(line) for line in log]
+    mlm_losses = [r["loss"] for r in mlm_rows if r["split"] == "train"]
+    mlm_test = mlm["metrics"]["test"]
+    shared = {**_sized(vocab, f.seq_len), "optimizer.learning_rate": f.lr,
+              "data.tokenizer": os.path.join(pretrained, "tokenizer.json"),
+              "train.num_epochs": f.epochs}
+    for seed in map(int, f.seeds):
       for how, extra in (("scratch", {}), ("pre-trained", {
           "init_from.path": pretrained, "init_from.skip": "^(mlm_|pooler|classifier)"})):
         t0 = time.perf_counter()
         results = train.run(_quiet(fortunes_bert.get_config(), **{
-            "seed": seed, "train.num_epochs": epochs, **extra}), os.path.join(tmp, f"{how}{seed}"))
+            "seed": seed, **shared, **extra}), os.path.join(tmp, f"{how}{seed}"))
         test = results["metrics"]["test"]
         rows.append((seed, how, test["accuracy"], test["f1_macro"], time.perf_counter() - t0))
         print(rows[-1], flush=True)
@@ -66,12 +116,15 @@ def main(argv):
   summary = "; ".join(f"{how}: mean accuracy {sum(r[2] for r in rs) / len(rs):.4f}, macro-F1 "
                       f"{sum(r[3] for r in rs) / len(rs):.4f}" for how, rs in means.items())
   wins = sum(p[2] > s[2] for s, p in zip(means["scratch"], means["pre-trained"]))
-  emit(f"Masked-LM pre-training: {flags.FLAGS.pretrain_epochs} epochs, {mlm['steps']} steps, "
-       f"{pretrain_s:.0f} s, masked-token loss {mlm_losses[0]:.3f} -> {mlm_losses[-1]:.3f}"
-       f"; classification: {epochs} epochs per run. Machine: {os.cpu_count()} CPU cores, "
-       f"Python {platform.python_version()}.\n\n" + "\n".join(lines)
-       + f"\n\n{summary}. Pre-training wins on {wins} of {len(means['scratch'])} seeds.\n",
-       flags.FLAGS.out or None)
+  emit(f"Masked-LM pre-training: {f.tokenizer}, {f.seq_len} tokens per text, "
+       f"{f.pretrain_epochs} epochs of batch {f.pretrain_batch} at {f.pretrain_lr:g}, "
+       f"{mlm['steps']} steps, {pretrain_s / 60:.1f} min, masked-token loss "
+       f"{mlm_losses[0]:.3f} -> {mlm_losses[-1]:.3f}, test masked accuracy "
+       f"{mlm_test['masked_accuracy']:.4f}; classification: {f.epochs} epochs at {f.lr:g} per "
+       f"run. Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}.\n\n"
+       + "\n".join(lines) + f"\n\n{summary}. Pre-training wins on {wins} of "
+       f"{len(means['scratch'])} seeds.\n\nSpeed:\n\n" + "\n".join(f"- {s}" for s in speed)
+       + "\n", f.out or None)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ Tokens: `tokenizer="bytes"` (no setup) is UTF-8 bytes shifted past four special 
 byte-level BPE) trains a tokenizer of N tokens with Hugging Face `tokenizers` on the texts
 outside the test split, with the same four special ids first; or the path of a
 `tokenizer.json` (WordPiece, BPE, SentencePiece-style; a pre-training run's own), whose
-[CLS]/[SEP] template applies. Any tokenizer but bytes is saved with the run. Texts longer than `seq_len`
-are cut (the log counts them) and shorter ones padded with the pad id; the models mask the
-padding. Tokenization happens once, when the data is read.
+[CLS]/[SEP] template applies. Any tokenizer but bytes is saved with the run. Texts longer
+than `seq_len` are cut (the log counts them) and shorter ones padded with the pad id; the
+models mask the padding. Tokenization happens once, when the data is read.
 """
 
 from __future__ import annotations
