@@ -12,7 +12,8 @@ IDX files), on this machine's CPU:
   distillation: the MLP taught by --teacher against the MLP from scratch, 3 seeds.
 
   python -m bench.compression [--models=mlp,cnn,resnet20] [--epochs=mlp:5,cnn:3,resnet20:2]
-      [--finetune_epochs=1] [--prune_end=0.75] [--teacher=cnn] [--seeds=0,1,2]
+      [--finetune_epochs=1] [--prune_end=0.75] [--prune_scope=layer]
+      [--teacher=cnn] [--seeds=0,1,2]
       [--distill_epochs=5] [--distill_alpha=0.5]
       [--distill_temperature=4] [--out=bench/results/compression_cpu2.md]
 
@@ -46,6 +47,8 @@ flags.DEFINE_list("epochs", ["mlp:5", "cnn:3", "resnet20:2"], "Float training ep
 flags.DEFINE_integer("finetune_epochs", 1, "Epochs of QAT and of pruning fine-tunes.")
 flags.DEFINE_float("prune_end", 0.75, "Where in the fine-tune the pruning schedule reaches "
                    "its sparsity (a fraction of its steps); the rest trains at it.")
+flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"], "config.prune.scope: each "
+                  "kernel to the sparsity, or all kernels ranked together.")
 flags.DEFINE_string("teacher", "cnn", "The distillation's teacher, one of --models ('': no "
                     "distillation).")
 flags.DEFINE_list("sparsities", ["0.5", "0.8", "0.9"], "Pruning targets.")
@@ -106,6 +109,13 @@ def _measure(name: str, variant: str, predictor, workdir: str, test) -> dict:
   return row
 
 
+def _validation(workdir: str) -> dict:
+  """A trained run's final validation accuracy (what to choose settings by, not test)."""
+  with open(os.path.join(workdir, "results.json")) as f:
+    validation = json.load(f)["metrics"].get("validation") or {}
+  return {"validation_accuracy": validation["accuracy"]} if "accuracy" in validation else {}
+
+
 def _trained(config, workdir: str) -> portable.Predictor:
   """Trains `config` in `workdir`; its model, from the workdir."""
   train.run(config, workdir)
@@ -152,8 +162,8 @@ def main(argv):
       if "warmup_steps" in config.optimizer.get("schedule", {}):
         fine["optimizer.schedule.warmup_steps"] = 0
       tuned_dir = os.path.join(tmp, name + "_tuned")  # the control: the same fine-tune
-      record(_measure(name, "float32 fine-tuned", _trained(_config(name, **fine), tuned_dir),
-                      tuned_dir, test))
+      record({**_measure(name, "float32 fine-tuned", _trained(_config(name, **fine), tuned_dir),
+                         tuned_dir, test), **_validation(tuned_dir)})
       qat_dir = os.path.join(tmp, name + "_qat")
       qat = _trained(_config(name, **fine, **{"quantize.aware": "dynamic"}), qat_dir)
       quantized, _ = quantization.quantize(qat, "dynamic")
@@ -162,9 +172,10 @@ def main(argv):
         pruned_dir = os.path.join(tmp, f"{name}_pruned{sparsity}")
         fine_steps = programs.total_steps // n * f.finetune_epochs
         pruned = _trained(_config(name, **fine, **{
-            "prune.sparsity": sparsity, "prune.every_steps": 50,
+            "prune.sparsity": sparsity, "prune.every_steps": 50, "prune.scope": f.prune_scope,
             "prune.end_step": int(f.prune_end * fine_steps)}), pruned_dir)
-        record(_measure(name, f"pruned {sparsity:.0%}", pruned, pruned_dir, test))
+        record({**_measure(name, f"pruned {sparsity:.0%}", pruned, pruned_dir, test),
+                **_validation(pruned_dir)})
     if f.teacher:  # the MLP taught by the teacher, against the MLP alone
       if f.teacher not in f.models:
         raise app.UsageError(f"--teacher={f.teacher} is not among --models.")

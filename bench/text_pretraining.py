@@ -37,6 +37,9 @@ flags.DEFINE_integer("epochs", 10, "Classification epochs.")
 flags.DEFINE_float("lr", 1e-3, "Classification peak learning rate (both ways).")
 flags.DEFINE_string("tokenizer", "wordpiece:4096", "config.data.tokenizer of the pre-training.")
 flags.DEFINE_integer("seq_len", 64, "Tokens per text.")
+flags.DEFINE_string("pretrained", "", "A finished masked-LM run (configs/fortunes_bert.py:mlm "
+                    "with --config.data.tokenizer=...) to fine-tune from instead of pre-training "
+                    "here; its own settings and figures are reported.")
 flags.DEFINE_integer("speed_steps", 60, "Steps of the BERT-mini speed run (0: skip it).")
 flags.DEFINE_string("out", "", "Also write the table (markdown) here.")
 
@@ -84,21 +87,33 @@ def main(argv):
       speed.append(f"BERT-mini ({results['num_params']:,} parameters) masked-LM: "
                    f"{results['steady_examples_per_second'] * f.seq_len:,.0f} tokens/s "
                    f"(batch 32 x {f.seq_len} tokens, padding included)")
-    start = time.perf_counter()
-    pretrained = os.path.join(tmp, "mlm")
-    mlm = train.run(_quiet(fortunes_bert.get_config("mlm"), **{
-        **_sized(vocab, f.seq_len), "data.tokenizer": f.tokenizer,
-        "train.num_epochs": f.pretrain_epochs, "train.batch_size": f.pretrain_batch,
-        "optimizer.learning_rate": f.pretrain_lr}), pretrained)
-    pretrain_s = time.perf_counter() - start
+    if f.pretrained:  # reported from its own records
+      pretrained = os.path.abspath(f.pretrained)
+      with open(os.path.join(pretrained, "results.json")) as log:
+        mlm = json.load(log)
+      with open(os.path.join(pretrained, "config.json")) as log:
+        mlm_config = json.load(log)
+      pretrain_s = mlm["train_seconds"]
+    else:
+      start = time.perf_counter()
+      pretrained = os.path.join(tmp, "mlm")
+      mlm_config = _quiet(fortunes_bert.get_config("mlm"), **{
+          **_sized(vocab, f.seq_len), "data.tokenizer": f.tokenizer,
+          "train.num_epochs": f.pretrain_epochs, "train.batch_size": f.pretrain_batch,
+          "optimizer.learning_rate": f.pretrain_lr})
+      mlm = train.run(mlm_config, pretrained)
+      pretrain_s = time.perf_counter() - start
+      mlm_config = mlm_config.to_dict()
+    seq_len = mlm_config["data"]["seq_len"]
     speed.append(f"the pre-training's encoder ({mlm['num_params']:,} parameters) masked-LM: "
-                 f"{mlm['steady_examples_per_second'] * f.seq_len:,.0f} tokens/s (batch "
-                 f"{f.pretrain_batch} x {f.seq_len} tokens)")
+                 f"{mlm['steady_examples_per_second'] * seq_len:,.0f} tokens/s (batch "
+                 f"{mlm_config['train']['batch_size']} x {seq_len} tokens)")
     with open(os.path.join(pretrained, "metrics.jsonl")) as log:
       mlm_rows = [json.loads(line) for line in log]
-    mlm_losses = [r["loss"] for r in mlm_rows if r["split"] == "train"]
+    mlm_losses = [r["loss"] for r in mlm_rows if r.get("split") == "train"]
     mlm_test = mlm["metrics"]["test"]
-    shared = {**_sized(vocab, f.seq_len), "optimizer.learning_rate": f.lr,
+    vocab = mlm_config["model"]["vocab_size"]
+    shared = {**_sized(vocab, seq_len), "optimizer.learning_rate": f.lr,
               "data.tokenizer": os.path.join(pretrained, "tokenizer.json"),
               "train.num_epochs": f.epochs}
     for seed in map(int, f.seeds):
@@ -116,8 +131,10 @@ def main(argv):
   summary = "; ".join(f"{how}: mean accuracy {sum(r[2] for r in rs) / len(rs):.4f}, macro-F1 "
                       f"{sum(r[3] for r in rs) / len(rs):.4f}" for how, rs in means.items())
   wins = sum(p[2] > s[2] for s, p in zip(means["scratch"], means["pre-trained"]))
-  emit(f"Masked-LM pre-training: {f.tokenizer}, {f.seq_len} tokens per text, "
-       f"{f.pretrain_epochs} epochs of batch {f.pretrain_batch} at {f.pretrain_lr:g}, "
+  emit(f"Masked-LM pre-training{' (' + f.pretrained + ')' if f.pretrained else ''}: "
+       f"{mlm_config['data']['tokenizer']}, {seq_len} tokens per text, "
+       f"{mlm_config['train']['num_epochs']} epochs of batch "
+       f"{mlm_config['train']['batch_size']} at {mlm_config['optimizer']['learning_rate']:g}, "
        f"{mlm['steps']} steps, {pretrain_s / 60:.1f} min, masked-token loss "
        f"{mlm_losses[0]:.3f} -> {mlm_losses[-1]:.3f}, test masked accuracy "
        f"{mlm_test['masked_accuracy']:.4f}; classification: {f.epochs} epochs at {f.lr:g} per "
