@@ -12,7 +12,7 @@ IDX files), on this machine's CPU:
   distillation: the MLP taught by --teacher against the MLP from scratch, 3 seeds.
 
   python -m bench.compression [--models=mlp,cnn,resnet20] [--epochs=mlp:5,cnn:3,resnet20:2]
-      [--finetune_epochs=1] [--prune_end=0.75] [--prune_scope=layer]
+      [--finetune_epochs=1] [--prune_end=0.75] [--prune_scope=global]
       [--teacher=cnn] [--seeds=0,1,2]
       [--distill_epochs=5] [--distill_alpha=0.5]
       [--distill_temperature=4] [--out=bench/results/compression_cpu2.md]
@@ -47,7 +47,7 @@ flags.DEFINE_list("epochs", ["mlp:5", "cnn:3", "resnet20:2"], "Float training ep
 flags.DEFINE_integer("finetune_epochs", 1, "Epochs of QAT and of pruning fine-tunes.")
 flags.DEFINE_float("prune_end", 0.75, "Where in the fine-tune the pruning schedule reaches "
                    "its sparsity (a fraction of its steps); the rest trains at it.")
-flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"], "config.prune.scope: each "
+flags.DEFINE_enum("prune_scope", "global", ["layer", "global"], "config.prune.scope: each "
                   "kernel to the sparsity, or all kernels ranked together.")
 flags.DEFINE_string("teacher", "cnn", "The distillation's teacher, one of --models ('': no "
                     "distillation).")

@@ -191,7 +191,8 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
   )
   config.prune = dict(
       sparsity=0.0,           # >0: magnitude-prune kernels to this fraction of zeros
-      scope="layer",          # layer: each kernel to the sparsity | global: all together
+      scope="global",         # global: all kernels ranked together (keeps small layers
+                              # dense, measured better: bench/README.md) | layer: each kernel
       include="kernel",       # regex of param paths pruned (2-D and larger only)
       initial_sparsity=0.0,   # Zhu & Gupta's gradual schedule: from this at start_step ...
       start_step=0,

@@ -85,7 +85,8 @@ def _digits(steps, **prune):
   with config.unlocked():
     config.train.num_steps = steps
     config.report.update(plots=False, html=False, tensorboard=False)
-    config.prune.update(sparsity=0.8, end_step=80, every_steps=10, **prune)
+    config.prune.update({"sparsity": 0.8, "end_step": 80, "every_steps": 10, "scope": "layer",
+                         **prune})
   return config
 
 
