@@ -5,8 +5,8 @@ fixed held-out split, per seed. Also the speed figures: tokenizing all fortunes,
 masked-LM tokens/s of the pre-training and of a BERT-mini.
 
   python -m bench.text_pretraining [--seeds=0,1,2] [--pretrain_epochs=30] [--epochs=10]
-      [--tokenizer=wordpiece:4096] [--out=bench/results/text_pretraining_cpu2.md]
-      # needs: apt-get install fortunes
+      [--tokenizer=wordpiece:4096] [--lrs=1e-3,5e-4] [--pretrained=RUN]
+      [--out=bench/results/text_pretraining_cpu2.md]      # needs: apt-get install fortunes
 
 The pre-training runs once (seed 0) and its tokenizer (trained on its texts) serves every
 classifier, from scratch too, so the two differ in their initial weights alone. Each seed
@@ -34,7 +34,8 @@ flags.DEFINE_integer("pretrain_epochs", 30, "Masked-LM epochs over every fortune
 flags.DEFINE_integer("pretrain_batch", 128, "Masked-LM batch size.")
 flags.DEFINE_float("pretrain_lr", 3e-3, "Masked-LM peak learning rate.")
 flags.DEFINE_integer("epochs", 10, "Classification epochs.")
-flags.DEFINE_float("lr", 1e-3, "Classification peak learning rate (both ways).")
+flags.DEFINE_list("lrs", ["1e-3", "5e-4"], "Classification peak learning rates (each both "
+                  "ways, every seed).")
 flags.DEFINE_string("tokenizer", "wordpiece:4096", "config.data.tokenizer of the pre-training.")
 flags.DEFINE_integer("seq_len", 64, "Tokens per text.")
 flags.DEFINE_string("pretrained", "", "A finished masked-LM run (configs/fortunes_bert.py:mlm "
@@ -113,35 +114,44 @@ def main(argv):
     mlm_losses = [r["loss"] for r in mlm_rows if r.get("split") == "train"]
     mlm_test = mlm["metrics"]["test"]
     vocab = mlm_config["model"]["vocab_size"]
-    shared = {**_sized(vocab, seq_len), "optimizer.learning_rate": f.lr,
+    shared = {**_sized(vocab, seq_len),
               "data.tokenizer": os.path.join(pretrained, "tokenizer.json"),
               "train.num_epochs": f.epochs}
-    for seed in map(int, f.seeds):
-      for how, extra in (("scratch", {}), ("pre-trained", {
-          "init_from.path": pretrained, "init_from.skip": "^(mlm_|pooler|classifier)"})):
-        t0 = time.perf_counter()
-        results = train.run(_quiet(fortunes_bert.get_config(), **{
-            "seed": seed, **shared, **extra}), os.path.join(tmp, f"{how}{seed}"))
-        test = results["metrics"]["test"]
-        rows.append((seed, how, test["accuracy"], test["f1_macro"], time.perf_counter() - t0))
-        print(rows[-1], flush=True)
-  lines = ["| seed | classifier | test accuracy | test macro-F1 | seconds |", "|---|---|---|---|---|"]
-  lines += [f"| {s} | {how} | {acc:.4f} | {f1:.4f} | {sec:.0f} |" for s, how, acc, f1, sec in rows]
-  means = {how: [r for r in rows if r[1] == how] for how in ("scratch", "pre-trained")}
-  summary = "; ".join(f"{how}: mean accuracy {sum(r[2] for r in rs) / len(rs):.4f}, macro-F1 "
-                      f"{sum(r[3] for r in rs) / len(rs):.4f}" for how, rs in means.items())
-  wins = sum(p[2] > s[2] for s, p in zip(means["scratch"], means["pre-trained"]))
+    for lr in map(float, f.lrs):
+      for seed in map(int, f.seeds):
+        for how, extra in (("scratch", {}), ("pre-trained", {
+            "init_from.path": pretrained, "init_from.skip": "^(mlm_|pooler|classifier)"})):
+          t0 = time.perf_counter()
+          results = train.run(_quiet(fortunes_bert.get_config(), **{
+              "seed": seed, "optimizer.learning_rate": lr, **shared, **extra}),
+              os.path.join(tmp, f"{how}{seed}_{lr}"))
+          test, validation = results["metrics"]["test"], results["metrics"]["validation"]
+          rows.append((lr, seed, how, test["accuracy"], test["f1_macro"],
+                       validation["accuracy"], time.perf_counter() - t0))
+          print(rows[-1], flush=True)
+  lines = ["| learning rate | seed | classifier | test accuracy | test macro-F1 | validation "
+           "accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+  lines += [f"| {lr:g} | {s} | {how} | {acc:.4f} | {f1:.4f} | {val:.4f} | {sec:.0f} |"
+            for lr, s, how, acc, f1, val, sec in rows]
+  summaries = []
+  for lr in map(float, f.lrs):
+    means = {how: [r for r in rows if r[0] == lr and r[2] == how]
+             for how in ("scratch", "pre-trained")}
+    wins = sum(p[3] > s[3] for s, p in zip(means["scratch"], means["pre-trained"]))
+    summaries.append(f"At {lr:g}: " + "; ".join(
+        f"{how} mean accuracy {sum(r[3] for r in rs) / len(rs):.4f}, macro-F1 "
+        f"{sum(r[4] for r in rs) / len(rs):.4f}" for how, rs in means.items())
+        + f". Pre-training wins on {wins} of {len(means['scratch'])} seeds.")
   emit(f"Masked-LM pre-training{' (' + f.pretrained + ')' if f.pretrained else ''}: "
        f"{mlm_config['data']['tokenizer']}, {seq_len} tokens per text, "
        f"{mlm_config['train']['num_epochs']} epochs of batch "
        f"{mlm_config['train']['batch_size']} at {mlm_config['optimizer']['learning_rate']:g}, "
        f"{mlm['steps']} steps, {pretrain_s / 60:.1f} min, masked-token loss "
        f"{mlm_losses[0]:.3f} -> {mlm_losses[-1]:.3f}, test masked accuracy "
-       f"{mlm_test['masked_accuracy']:.4f}; classification: {f.epochs} epochs at {f.lr:g} per "
-       f"run. Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}.\n\n"
-       + "\n".join(lines) + f"\n\n{summary}. Pre-training wins on {wins} of "
-       f"{len(means['scratch'])} seeds.\n\nSpeed:\n\n" + "\n".join(f"- {s}" for s in speed)
-       + "\n", f.out or None)
+       f"{mlm_test['masked_accuracy']:.4f}; classification: {f.epochs} epochs per run, the "
+       f"same recipe both ways. Machine: {os.cpu_count()} CPU cores, Python "
+       f"{platform.python_version()}.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(summaries)
+       + "\n\nSpeed:\n\n" + "\n".join(f"- {s}" for s in speed) + "\n", f.out or None)
 
 
 if __name__ == "__main__":
