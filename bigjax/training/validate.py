@@ -24,8 +24,28 @@ def _count_nonfinite(images) -> int:
   return int(images.size - np.isfinite(images).sum())
 
 
+def check_tokenizer_matches_init(config: ml_collections.ConfigDict,
+                                 data: PreparedData) -> None:
+  """A fine-tune of a run that kept a tokenizer.json must tokenize with it: another
+  tokenizer's ids index other rows of the loaded embeddings."""
+  source = config.init_from.get("path") or ""
+  kept = os.path.join(source, "tokenizer.json") if source and os.path.isdir(source) else ""
+  if not kept or not os.path.isfile(kept) or data.tokenizer is None:
+    return
+  from tokenizers import Tokenizer
+  with open(kept) as f:
+    theirs = Tokenizer.from_str(f.read()).get_vocab()
+  if Tokenizer.from_str(data.tokenizer).get_vocab() != theirs:
+    raise ConfigError(
+        f"config.init_from.path={source} was trained with its own tokenizer, but this run "
+        f'tokenizes with another (config.data.tokenizer="{config.data.get("tokenizer")}"), so '
+        "the loaded embeddings would index other tokens. Pass "
+        f"--config.data.tokenizer={kept}.")
+
+
 def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   """Batch sizes and label ranges against the data and the model."""
+  check_tokenizer_matches_init(config, data)
   n_train = len(data.train)
   if config.train.batch_size < 1:
     raise ConfigError(f"config.train.batch_size must be positive; got {config.train.batch_size}.")

@@ -112,3 +112,30 @@ def test_a_cls_pooled_classifier_exports_to_transformers_and_a_mean_pooled_one_s
   assert "[b + 4 for b in text.encode()]" in open(folder + "/README.md").read()
   with pytest.raises(ConfigError, match='pools "mean".*model.pool=cls'):
     export.export_hf(_config(tmp_path), str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_a_fine_tune_must_tokenize_as_its_pre_training_did(tmp_path):
+  """A pre-training with a trained WordPiece keeps its tokenizer.json; a fine-tune that
+  would train another is refused in one line naming the file, and runs given it."""
+  config = fortunes_bert.get_config("mlm,small")
+  with config.unlocked():
+    config.data.update(path=str(_corpus(tmp_path)), tokenizer="wordpiece:300")
+    config.model.vocab_size = 300
+    config.train.num_epochs = 1
+    config.report.update(plots=False, html=False, tensorboard=False)
+  pretrained = tmp_path / "mlm"
+  train.run(config, str(pretrained))
+  assert (pretrained / "tokenizer.json").exists()
+  fine = {"init_from.path": str(pretrained), "init_from.skip": "^(mlm_|pooler|classifier)",
+          "model.vocab_size": 300, "train.num_epochs": 1}
+  with pytest.raises(ConfigError, match=r"trained with its own tokenizer.*--config.data."
+                     r"tokenizer=.*mlm/tokenizer.json"):
+    train.run(_config(tmp_path, **fine, **{"data.tokenizer": "wordpiece:300"}),
+              str(tmp_path / "mismatched"))
+  assert not (tmp_path / "mismatched" / "config.json").exists()  # nothing written
+  train.run(_config(tmp_path, **fine, **{"data.tokenizer": str(pretrained / "tokenizer.json")}),
+            str(tmp_path / "tuned"))
+  from tokenizers import Tokenizer
+  vocabulary = lambda run: Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab()
+  assert vocabulary(tmp_path / "tuned") == vocabulary(pretrained)  # kept with the fine-tune
