@@ -123,7 +123,7 @@ def load_folder(data_config: Mapping[str, Any]) -> RawData:
 @register_source("arrays")
 def load_arrays(data_config: Mapping[str, Any]) -> RawData:
   """NumPy arrays: `path` is a .npz file or a folder of .npy files (memory-mapped) named
-  train_inputs/train_labels[/test_images/test_labels] (or x_train/y_train/x_test/y_test),
+  train_images/train_labels[/test_images/test_labels] (or x_train/y_train/x_test/y_test),
   optionally class_names. Images are uint8 (scaled by 1/255) or float (used as they are);
   float labels are regression targets. Without test arrays, config.data.test_fraction is
   held out (seeded by split_seed)."""

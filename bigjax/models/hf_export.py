@@ -160,7 +160,10 @@ def vit_preprocessor(spec: Mapping[str, Any]) -> dict:
 def tensors_of(params: Any, model: Mapping[str, Any],
                spec: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
   """transformers' tensors (names and layouts) for a bigjax model's params."""
-  hf_config = hf_config_of(model, spec)
+  return _tensors(params, hf_config_of(model, spec))
+
+
+def _tensors(params: Any, hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
   p = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
   return {"gpt2": _gpt2_tensors, "llama": _llama_tensors, "qwen2": _llama_tensors,
           "bert": _bert_tensors, "vit": _vit_tensors}[hf_config["model_type"]](p, hf_config)
@@ -284,7 +287,7 @@ def write(folder: str, params: Any, model: Mapping[str, Any],
   import os
   from safetensors.numpy import save_file
   hf_config = hf_config_of(model, spec)
-  save_file(tensors_of(params, model, spec), os.path.join(folder, "model.safetensors"),
+  save_file(_tensors(params, hf_config), os.path.join(folder, "model.safetensors"),
             metadata={"format": "pt"})
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
