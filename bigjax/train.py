@@ -145,6 +145,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     programs = Programs(config)
     epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
     final_splits = programs.split_names(config.eval.at_end, "config.eval.at_end")
+    if getattr(programs.loss_fn, "compares_embeddings", False) and (epoch_splits or
+                                                                   final_splits):
+      raise ConfigError(f"Loss {config.loss.name} scores pairs of augmented views, which "
+                        "evaluation does not make: set config.eval.every_epoch='' and "
+                        "config.eval.at_end='' (fine-tuning the run judges it).")
     best_key = _best_key(config, epoch_splits)
     check_metric_keys(config, programs, epoch_splits, best_key)
     state, meta, resumed_from = restore_or_init(config, workdir, manager, programs)

@@ -1,9 +1,17 @@
-"""Few labels: the 784-256-128-10 MLP trained on 600 labelled Fashion-MNIST images (60 per
-class), from scratch or initialised from the pre-trained autoencoder's encoder.
+"""Few labels: a network trained on 600 labelled Fashion-MNIST images (60 per class), from
+scratch or fine-tuned from a self-supervised pre-training.
 
   python run.py --config=configs/fashion_mnist_fewlabels.py                      # scratch
   python run.py --config=configs/fashion_mnist_fewlabels.py \
       --config.init_from.path=runs/pretrain --workdir=runs/fewlabels_pretrained  # fine-tune
+  python run.py --config=configs/fashion_mnist_fewlabels.py:cnn,probe \
+      --config.init_from.path=runs/simclr --workdir=runs/fewlabels_probe         # linear probe
+
+Variants: `mlp` (default; 784-256-128-10, the denoising autoencoder's encoder,
+configs/fashion_mnist_pretrain.py), `cnn` (the lessons' CNN, as
+configs/fashion_mnist_simclr.py pre-trains it) or `vit` (a 4-block ViT on 4x4 patches, as
+configs/fashion_mnist_mae.py pre-trains it); `probe` trains the new head alone (every
+loaded weight frozen), the linear probe of the self-supervised literature.
 The 600 examples are fixed by data.split_seed; config.seed varies the init and order.
 Nothing is selected on the validation split (no early stopping, no best checkpoint): the
 result is the test accuracy after the fixed number of epochs.
@@ -17,9 +25,25 @@ import ml_collections
 from configs import fashion_mnist, fashion_mnist_pretrain
 
 
+# A small ViT for 28x28 images: 7x7 = 49 patches of 4x4 pixels, 4 pre-LN blocks of width 64,
+# the patch tokens' mean as the summary (no class token for a masked autoencoder to ignore).
+VIT = dict(name="vit", patch_size=4, hidden_size=64, depth=4, num_heads=4, mlp_ratio=2.0,
+           pool="mean", dropout_rate=0.0, num_classes=10)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = fashion_mnist.get_config("mlp")
-  config.model.hidden_sizes = fashion_mnist_pretrain.ENCODER
+  tokens = [t for t in (arg or "").split(",") if t]
+  networks = [t for t in tokens if t in ("mlp", "cnn", "vit")]
+  if set(tokens) - {"mlp", "cnn", "vit", "probe"} or len(networks) > 1:
+    raise ValueError(f'Unknown variant "{arg}": use mlp (default), cnn or vit, optionally '
+                     "with ',probe'.")
+  network = networks[0] if networks else "mlp"
+  config = fashion_mnist.get_config("cnn" if network == "cnn" else "mlp")
+  if network == "mlp":
+    config.model.hidden_sizes = fashion_mnist_pretrain.ENCODER
+  if network == "vit":
+    with config.unlocked():
+      config.model = dict(VIT)
   config.data.labels_per_class = 60
   config.train.batch_size = 32
   config.train.num_epochs = 30
@@ -28,8 +52,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.every_epoch = ""
   config.checkpoint.best_metric = ""
   config.checkpoint.max_to_keep = 1
-  # Loaded from the autoencoder: its encoder; its decoder is unused and the head is new.
-  config.init_from.skip = "^(decoder_|head/)"
+  # Loaded from a pre-training: its backbone; an autoencoder's decoder, a contrastive run's
+  # projection head and a masked autoencoder's decoder and mask token are unused, and the
+  # head is new.
+  config.init_from.skip = "^(decoder_|projection_|mask_token|head/)"
+  if "probe" in tokens:
+    config.finetune.freeze = "^(?!head/)"   # every parameter but the head's
+    config.optimizer.learning_rate = 1e-2
   config.report.plots = False
   config.lock()
   return config

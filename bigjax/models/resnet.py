@@ -102,7 +102,7 @@ class ResNet(nn.Module):
   block: str = "basic"  # basic | bottleneck (stage_features are then the blocks' widths)
   stem: str = "cifar"
   shortcut: str = "projection"
-  num_classes: int = 10
+  num_classes: int = 10  # 0: no head; the features come out (a backbone)
   activation: str = "relu"
   kernel_init: str = "he_normal"
   bias_init: str = "zeros"
@@ -139,6 +139,8 @@ class ResNet(nn.Module):
             norm_momentum=self.norm_momentum, conv_impl=self.conv_impl,
             name=f"stage_{stage}_block_{block}")(x, train=train)
     x = x.mean(axis=(1, 2))  # global average pooling
+    if not self.num_classes:  # a backbone (e.g. for contrastive pre-training): the features
+      return x
     return nn.Dense(self.num_classes, kernel_init=get_initializer("lecun_normal"),
                     bias_init=get_initializer(self.bias_init), name="head")(x)
 

@@ -55,7 +55,7 @@ class ViT(nn.Module):
   mlp_ratio: float = 2.0
   pool: str = "cls"  # cls: a learned class token | mean: the mean of the patch tokens
   dropout_rate: float = 0.0
-  num_classes: int = 10
+  num_classes: int = 10  # 0: no head; the features come out (a backbone)
   norm_epsilon: float = 1e-6     # timm's ViTs: 1e-6 with exact GELU (gelu_approximate=False)
   gelu_approximate: bool = True  # the tanh form
 
@@ -84,4 +84,6 @@ class ViT(nn.Module):
                        self.gelu_approximate, name=f"block_{i}")(x, train)
     x = LayerNorm(epsilon=self.norm_epsilon, name="final_norm")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    if not self.num_classes:  # a backbone (e.g. for contrastive pre-training): the features
+      return x
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)

@@ -237,6 +237,11 @@ class Programs:
                         compute_dtype=self.compute_dtype)
     self.train_loss_fn = (distillation.wrap_loss(self.loss_fn, config.distill, self.data)
                           if distillation.is_on(config.get("distill")) else self.loss_fn)
+    if (getattr(self.train_loss_fn, "compares_embeddings", False)
+        and config.train.grad_accum_steps > 1):
+      raise ConfigError(f"Loss {config.loss.name} compares every row of the batch with every "
+                        "other; micro-batches would split them. Set "
+                        "config.train.grad_accum_steps=1.")
     train_step = make_train_step(self.model, self.train_loss_fn, self.tx, **step_options)
     eval_steps = {with_outputs: make_eval_step(self.model, self.loss_fn, self.metric_names,
                                                compute_dtype=self.compute_dtype,
@@ -268,8 +273,12 @@ class Programs:
       self.steps_per_call = 1
     if self.strategy == "pmap":
       # The same pure step per device on its share of the batch, sums added over devices.
-      pmap_step = make_train_step(self.model, self.train_loss_fn, self.tx,
-                                  axis_name=PMAP_AXIS, **step_options)
+      pmap_loss = self.train_loss_fn
+      if getattr(pmap_loss, "gathers_across_devices", False):  # negatives from every device
+        pmap_loss = functools.update_wrapper(
+            functools.partial(pmap_loss, axis_name=PMAP_AXIS), pmap_loss)
+      pmap_step = make_train_step(self.model, pmap_loss, self.tx, axis_name=PMAP_AXIS,
+                                  **step_options)
       self.devices = list(self.mesh.devices.flat)
       self._train_fns["pmap"] = jax.pmap(
           functools.partial(_pmap_on_indices, pmap_step, self.augment),

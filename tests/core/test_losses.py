@@ -148,12 +148,14 @@ def test_gradients_match_finite_differences(name, kwargs):
 
 
 def test_every_loss_is_per_example_and_jittable():
-  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
-  # ("image": what an autoencoder reconstructs, shaped like its outputs.)
-  batch = {"label": jnp.array([0, 1, 2, 3, 0]), "image": jnp.zeros((5, 4))}
+  logits = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
+  # ("image": what an autoencoder reconstructs, shaped like its outputs; "partner": the
+  # other view of each row, for the contrastive losses.)
+  batch = {"label": jnp.array([0, 1, 2, 3, 0, 1]), "image": jnp.zeros((6, 4)),
+           "partner": jnp.array([3, 4, 5, 0, 1, 2])}
   for name in losses.LOSSES.names():
     value = jax.jit(losses.LOSSES.get(name))(logits, batch)
-    assert value.shape == (5,) and bool(jnp.all(jnp.isfinite(value))), name
+    assert value.shape == (6,) and bool(jnp.all(jnp.isfinite(value))), name
 
 
 def test_lesson_linear_regression_converges_with_sgd():
@@ -198,3 +200,80 @@ def test_dotted_path_that_does_not_import_names_path_and_reason():
   with pytest.raises(ConfigError, match=r'has no attribute "softmax_cross_entropi".*Did you mean '
                                         r'"softmax_cross_entropy"'):
     losses.build_loss({"name": "bigjax.core.losses:softmax_cross_entropi"})
+
+
+def _two_views(n=4, d=6, seed=0):
+  z = np.random.default_rng(seed).normal(size=(2 * n, d)).astype(np.float32)
+  partner = np.concatenate([np.arange(n, 2 * n), np.arange(n)]).astype(np.int32)
+  return z, partner
+
+
+def test_nt_xent_equals_the_papers_formula_computed_by_hand():
+  z, partner = _two_views()
+  got = np.asarray(losses.nt_xent(jnp.asarray(z), {"partner": jnp.asarray(partner)},
+                                  temperature=0.3))
+  unit = z / np.linalg.norm(z, axis=1, keepdims=True)
+  expected = []
+  for i in range(len(z)):
+    sims = np.exp(unit @ unit[i] / 0.3)
+    expected.append(-np.log(sims[partner[i]] / (sims.sum() - sims[i])))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_nt_xent_is_low_when_views_agree_and_others_differ():
+  n = 4
+  distinct = np.eye(2 * n, dtype=np.float32)[:n] * 5  # n orthogonal directions
+  agree = np.concatenate([distinct, distinct])
+  _, partner = _two_views(n)
+  batch = {"partner": jnp.asarray(partner)}
+  low = float(losses.nt_xent(jnp.asarray(agree), batch, temperature=0.1).mean())
+  swapped = np.concatenate([distinct, distinct[::-1]])  # each view's partner points elsewhere
+  high = float(losses.nt_xent(jnp.asarray(swapped), batch, temperature=0.1).mean())
+  assert low < 1e-3 < 5 < high
+  # The scale of an embedding does not matter (cosine similarity).
+  z, _ = _two_views(n)
+  np.testing.assert_allclose(losses.nt_xent(jnp.asarray(z), batch),
+                             losses.nt_xent(jnp.asarray(3 * z), batch), rtol=1e-5)
+
+
+def test_vicreg_terms_computed_by_hand():
+  z, partner = _two_views(n=5, d=3, seed=1)
+  got = np.asarray(losses.vicreg(jnp.asarray(z), {"partner": jnp.asarray(partner)},
+                                 invariance=2.0, variance=3.0, covariance=0.5))
+  expected_batch = 0.0
+  for view in (z[:5], z[5:]):
+    std = np.sqrt(view.var(0, ddof=1) + 1e-4)
+    cov = np.cov(view, rowvar=False)
+    expected_batch += (3.0 * np.maximum(1 - std, 0).mean()
+                       + 0.5 * (np.square(cov).sum() - np.square(np.diag(cov)).sum()) / 3) / 2
+  expected = 2.0 * np.square(z - z[partner]).mean(-1) + expected_batch
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_contrastive_losses_need_two_views_and_say_so():
+  z, _ = _two_views()
+  for name in ("nt_xent", "vicreg"):
+    with pytest.raises(ConfigError, match="augment.views=2"):
+      losses.LOSSES.get(name)(jnp.asarray(z), {"label": jnp.zeros(8, jnp.int32)})
+    built = losses.build_loss(dict(name=name))
+    assert built.compares_embeddings and built.gathers_across_devices
+
+
+def test_masked_patch_mse_scores_hidden_patches_only():
+  from bigjax.models.mae import patchify
+  image = np.random.default_rng(0).random((1, 4, 4, 2)).astype(np.float32)
+  patches = np.asarray(patchify(jnp.asarray(image), 2))  # 4 patches of 2x2x2
+  np.testing.assert_array_equal(patches[0, 1], image[0, 0:2, 2:4].reshape(-1))  # row-major
+  hidden = np.array([[1, 0, 1, 0]], np.float32)
+  prediction = patches.copy()
+  prediction[0, 0] += 0.5              # a hidden patch, off by 0.5 everywhere
+  prediction[0, 1] += 3.0              # a visible patch: not scored
+  outputs = jnp.asarray(np.concatenate([prediction, hidden[..., None]], -1))
+  got = losses.LOSSES.get("masked_patch_mse")(outputs, {"image": jnp.asarray(image)},
+                                                normalize_patches=False)
+  np.testing.assert_allclose(got, [0.25 / 2], rtol=1e-6)  # (0.25 + 0) over 2 hidden patches
+  normalized = losses.LOSSES.get("masked_patch_mse")(outputs, {"image": jnp.asarray(image)})
+  target = (patches - patches.mean(-1, keepdims=True)) / np.sqrt(
+      patches.var(-1, keepdims=True) + 1e-6)
+  expected = (np.square(prediction - target).mean(-1) * hidden).sum() / 2
+  np.testing.assert_allclose(normalized, [expected], rtol=1e-5)

@@ -179,3 +179,135 @@ def test_masked_token_cross_entropy_counts_only_chosen_positions():
   log_p = jax.nn.log_softmax(logits)
   expected = -(log_p[0, 1, 3] + log_p[0, 3, 6]) / 2
   np.testing.assert_allclose(out, [expected, 0.0], rtol=1e-6)
+
+
+def _gradient_image(h=12, w=16, c=1):
+  ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                       indexing="ij")
+  return np.repeat((ys * 100 + xs)[..., None], c, axis=-1)
+
+
+def test_resized_crop_of_the_whole_image_is_the_image_and_a_box_is_stretched():
+  image = _gradient_image()
+  whole = augment.resized_crop(jnp.asarray(image), 0.0, 0.0, 12.0, 16.0)
+  np.testing.assert_allclose(whole, image, atol=1e-3)
+  # The top-left 6 x 8 box, twice as large: output pixel (i, j) samples (i/2 - 1/4, j/2 - 1/4)
+  # (pixel centres), a linear function of the position, so bilinear sampling is exact.
+  half = np.asarray(augment.resized_crop(jnp.asarray(image), 0.0, 0.0, 6.0, 8.0))
+  ys, xs = np.meshgrid(np.arange(12) / 2 - 0.25, np.arange(16) / 2 - 0.25, indexing="ij")
+  expected = np.clip(ys, 0, None) * 100 + np.clip(xs, 0, None)  # edges repeated
+  np.testing.assert_allclose(half[..., 0], expected, atol=1e-3)
+
+
+def test_random_boxes_have_the_stated_areas_and_aspect_ratios():
+  u = np.random.default_rng(0).random((4, 20_000)).astype(np.float32)
+  top, left, height, width = (np.asarray(v) for v in augment.random_box(
+      64, 64, 0.25, *map(jnp.asarray, u)))
+  area = height * width / 64 ** 2
+  ratio = width / height
+  assert area.min() >= 0.25 - 1e-4 and area.max() <= 1.0 + 1e-4
+  unclipped = (height < 64) & (width < 64)
+  assert unclipped.mean() > 0.7
+  assert ratio[unclipped].min() >= 0.75 - 1e-4 and ratio[unclipped].max() <= 4 / 3 + 1e-4
+  # Area fraction uniform in [0.25, 1] where not clipped: its mean is 0.625 (clipping lowers it).
+  assert 0.55 < area.mean() < 0.63
+  np.testing.assert_allclose(np.log(ratio[unclipped]).mean(), 0.0, atol=0.01)  # log-uniform
+  assert top.min() >= 0 and (top + height).max() <= 64 + 1e-3
+  assert left.min() >= 0 and (left + width).max() <= 64 + 1e-3
+
+
+def test_colour_jitter_scales_brightness_contrast_and_saturation():
+  rgb = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+  same = augment.colour_jitter(jnp.asarray(rgb), 1.0, 1.0, 1.0)
+  np.testing.assert_allclose(same, rgb, atol=1e-6)
+  brighter = np.asarray(augment.colour_jitter(jnp.asarray(rgb), 1.5, 1.0, 1.0))
+  np.testing.assert_allclose(brighter, 1.5 * rgb, atol=1e-6)
+  flatter = np.asarray(augment.colour_jitter(jnp.asarray(rgb), 1.0, 0.5, 1.0))
+  assert flatter.mean() == pytest.approx(rgb.mean(), abs=1e-5)
+  assert flatter.std() == pytest.approx(0.5 * rgb.std(), rel=1e-4)
+  gray = np.asarray(augment.colour_jitter(jnp.asarray(rgb), 1.0, 1.0, 0.0))
+  luma = rgb @ np.array(augment.GRAY_WEIGHTS, np.float32)
+  np.testing.assert_allclose(gray, np.repeat(luma[..., None], 3, -1), atol=1e-5)
+  one_channel = rgb[..., :1]
+  np.testing.assert_allclose(augment.colour_jitter(jnp.asarray(one_channel), 1.0, 1.0, 0.0),
+                             one_channel, atol=1e-6)  # saturation leaves gray images alone
+
+
+def test_gaussian_blur_matches_scipy_and_keeps_a_flat_image():
+  from scipy import ndimage
+  image = np.random.default_rng(0).random((12, 12, 2)).astype(np.float32)
+  blurred = np.asarray(augment.gaussian_blur(jnp.asarray(image), 1.0, 3))
+  expected = ndimage.gaussian_filter(image, sigma=(1.0, 1.0, 0), mode="mirror", truncate=3.0)
+  np.testing.assert_allclose(blurred, expected, atol=1e-5)
+  flat = np.full((9, 9, 1), 0.7, np.float32)
+  np.testing.assert_allclose(augment.gaussian_blur(jnp.asarray(flat), 2.0, 4), flat, atol=1e-6)
+
+
+SSL = dict(resized_crop=0.25, flip_lr=True, brightness=0.4, contrast=0.4, saturation=0.4,
+           jitter_probability=0.8, grayscale_probability=0.2, blur_sigma=1.5,
+           blur_probability=0.5)
+
+
+def test_each_self_supervised_transform_is_applied_with_its_probability():
+  n = 4000
+  images = jnp.asarray(np.random.default_rng(0).random((n, 8, 8, 3)).astype(np.float32))
+  batch = {"image": images, "label": jnp.zeros(n, jnp.int32)}
+  key = jax.random.PRNGKey(3)
+
+  def changed(**options):
+    out = jax.jit(augment.make_augmenter(options, 10))(batch, key)["image"]
+    return float(np.mean(np.abs(np.asarray(out - images)).reshape(n, -1).max(-1) > 1e-6))
+
+  assert changed(brightness=0.4, jitter_probability=0.8) == pytest.approx(0.8, abs=0.03)
+  assert changed(grayscale_probability=0.2) == pytest.approx(0.2, abs=0.03)
+  # A blur of sigma near 0.1 (the low end, as SimCLR's) changes nothing in float32: check
+  # the blur against its own draws instead.
+  draws = augment.per_image_draws(jax.random.fold_in(key, augment.SECOND_STREAM), n,
+                                  augment.SECOND_DRAWS)
+  blurred = jax.jit(augment.make_augmenter(dict(blur_sigma=1.5, blur_probability=0.5), 10))(
+      batch, key)["image"]
+  moved = np.abs(np.asarray(blurred - images)).reshape(n, -1).max(-1) > 1e-6
+  chosen, sigma = np.asarray(draws["blur"]) < 0.5, 0.1 + 1.4 * np.asarray(draws["sigma"])
+  assert not moved[~chosen].any() and moved[chosen & (sigma > 0.3)].all()
+  assert chosen.mean() == pytest.approx(0.5, abs=0.03)
+  assert changed(resized_crop=0.25) > 0.99
+  # Brightness factors are uniform in [0.6, 1.4]: the mean ratio is 1 and the spread 0.8/sqrt(12).
+  out = jax.jit(augment.make_augmenter(dict(brightness=0.4, jitter_probability=1.0), 10))(
+      batch, key)["image"]
+  factors = np.asarray(out[:, 0, 0, 0] / images[:, 0, 0, 0])
+  assert factors.min() >= 0.6 - 1e-5 and factors.max() <= 1.4 + 1e-5
+  assert factors.mean() == pytest.approx(1.0, abs=0.01)
+  assert factors.std() == pytest.approx(0.8 / np.sqrt(12), rel=0.05)
+
+
+def test_two_views_are_independent_augmentations_stacked_with_partners():
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.random((6, 10, 10, 3), np.float32)),
+           "label": jnp.arange(6, dtype=jnp.int32), "weight": jnp.linspace(0, 1, 6)}
+  key = jax.random.PRNGKey(5)
+  out = jax.jit(augment.make_augmenter(dict(SSL, views=2), 10))(batch, key)
+  assert out["image"].shape == (12, 10, 10, 3)
+  np.testing.assert_array_equal(out["partner"], [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(out["label"], np.tile(np.arange(6), 2))
+  np.testing.assert_allclose(out["weight"], np.tile(np.linspace(0, 1, 6), 2))
+  # View 0 is what one view with the same key gives; view 1 differs from it.
+  single = jax.jit(augment.make_augmenter(SSL, 10))(batch, key)
+  np.testing.assert_allclose(out["image"][:6], single["image"], atol=1e-6)
+  assert np.abs(np.asarray(out["image"][:6] - out["image"][6:])).mean() > 0.01
+  # The first stream's draws are unchanged by the new options (reproducibility of old runs).
+  old = jax.jit(augment.make_augmenter(dict(flip_lr=True), 10))(batch, key)
+  new = jax.jit(augment.make_augmenter(dict(flip_lr=True, brightness=0.1,
+                                            jitter_probability=0.0), 10))(batch, key)
+  np.testing.assert_array_equal(old["image"], new["image"])
+
+
+def test_bad_self_supervised_options_are_one_line_errors():
+  for options, message in ((dict(resized_crop=1.0), "resized_crop is the smallest area"),
+                           (dict(brightness=1.5), "brightness must be in"),
+                           (dict(blur_probability=2.0), "blur_probability must be in"),
+                           (dict(views=3), "views must be 1 or 2"),
+                           (dict(views=2, mixup_alpha=0.2), "mixup_alpha together")):
+    with pytest.raises(ConfigError, match=message):
+      augment.make_augmenter(options, 10)
+  with pytest.raises(ConfigError, match="views is for images"):
+    augment.make_augmenter(dict(views=2), None, vocab_size=100, tokens=True)

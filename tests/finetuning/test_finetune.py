@@ -384,6 +384,75 @@ def test_autoencoder_pretraining_then_fine_tuning_loads_the_encoder(fashion_mnis
   assert results["steps"] == 600 // 32
 
 
+@pytest.mark.slow
+def test_contrastive_pretraining_then_probe_and_fine_tune_load_the_backbone(fashion_mnist_dir,
+                                                                            tmp_path):
+  from configs import fashion_mnist_fewlabels, fashion_mnist_simclr
+  pre = fashion_mnist_simclr.get_config("cnn,small")
+  with pre.unlocked():
+    pre.report.plots = pre.report.html = False
+  pretrained = train.run(pre, str(tmp_path / "pre"))
+  import json
+  rows = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
+  assert pretrained["steps"] == 2048 // 256 and "test_accuracy" not in pretrained
+  assert all(np.isfinite(r["loss"]) and "accuracy" not in r for r in rows)
+  _, backbone = checkpoint.latest_params(str(tmp_path / "pre"))
+  assert {"projection_0", "projection_1", "conv_0", "dense_0"} <= set(backbone)
+
+  def fewlabels(variant, workdir):
+    config = fashion_mnist_fewlabels.get_config(variant)
+    with config.unlocked():
+      config.init_from.path = str(tmp_path / "pre")
+      config.train.num_epochs = 1
+      config.data.max_test_examples = 500
+      config.eval.at_end = "test"
+    results = train.run(config, str(tmp_path / workdir))
+    return results, checkpoint.latest_params(str(tmp_path / workdir))[1]
+
+  probe, probed = fewlabels("cnn,probe", "probe")
+  for name in ("conv_0", "conv_1", "dense_0"):  # frozen: exactly as pre-trained
+    np.testing.assert_array_equal(probed[name]["kernel"], backbone[name]["kernel"])
+  assert probe["test_accuracy"] > 0.2  # the head alone learns from frozen features
+  fine, tuned = fewlabels("cnn", "fine")
+  table = " ".join((tmp_path / "fine" / "init_from.txt").read_text().split())
+  for line in ("conv_0/kernel loaded", "dense_0/kernel loaded", "projection_0/kernel unused",
+               "head/kernel re-initialised"):
+    assert line in table
+  assert np.abs(tuned["conv_0"]["kernel"] - backbone["conv_0"]["kernel"]).max() > 0
+
+  # The contrastive loss cannot score evaluation batches, nor one view: one line each.
+  for overrides, message in (({"eval.at_end": "test"}, "evaluation does not make"),
+                             ({"data.augment.views": 1}, "augment.views=2")):
+    with pre.unlocked():
+      pre.update_from_flattened_dict({"eval.at_end": "", "data.augment.views": 2, **overrides})
+    with pytest.raises(ConfigError, match=message):
+      train.run(pre, str(tmp_path / f"bad_{len(message)}"))
+
+
+@pytest.mark.slow
+def test_masked_autoencoder_pretraining_then_the_vit_fine_tune_loads_its_encoder(
+    fashion_mnist_dir, tmp_path):
+  from configs import fashion_mnist_fewlabels, fashion_mnist_mae
+  pre = fashion_mnist_mae.get_config("small")
+  with pre.unlocked():
+    pre.report.plots = pre.report.html = False
+  pretrained = train.run(pre, str(tmp_path / "pre"))
+  assert 0 < pretrained["test_loss"] < 2.5 and "test_accuracy" not in pretrained
+  config = fashion_mnist_fewlabels.get_config("vit")
+  with config.unlocked():
+    config.init_from.path = str(tmp_path / "pre")
+    config.train.num_epochs = 1
+    config.data.max_test_examples = 500
+    config.eval.at_end = "test"
+  results = train.run(config, str(tmp_path / "fine"))
+  table = " ".join((tmp_path / "fine" / "init_from.txt").read_text().split())
+  for line in ("patch_embedding/kernel loaded", "block_3/mlp/dense_1/kernel loaded",
+               "position_embedding loaded", "decoder_pred/kernel unused", "mask_token unused",
+               "head/kernel re-initialised"):
+    assert line in table
+  assert results["steps"] == 600 // 32
+
+
 def test_keep_k_latest_and_the_best_apart(tmp_path):
   rows_path = tmp_path / "metrics.jsonl"
   train.run(_config(**{"train.num_epochs": 5, "checkpoint.max_to_keep": 2}), str(tmp_path))

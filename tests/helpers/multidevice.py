@@ -118,7 +118,52 @@ def main(root):
   out["bf16_kernel_moves"] = {name: max_diff(bf16_params[name]["kernel"],
                                              init[name]["kernel"]) for name in bf16_params}
   out.update(pmap_batch_norm())
+  out.update(contrastive_negatives())
   print("RESULT " + json.dumps(out))
+
+
+def contrastive_negatives() -> dict:
+  """One SGD step with each contrastive loss: pmap over 8 devices (each holding [view 0;
+  view 1] of its share, negatives gathered from every device) against one device holding
+  the whole batch; and the per-row losses of both."""
+  import functools
+  import flax.linen as nn
+  import optax
+  from bigjax.core import losses, steps
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return nn.Dense(8)(nn.tanh(nn.Dense(16)(x)))
+
+  model, n, b = Net(), jax.device_count(), 3
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(n, 2 * b, 5)).astype(np.float32)   # per device: [view 0; view 1]
+  local_partner = np.concatenate([np.arange(b, 2 * b), np.arange(b)]).astype(np.int32)
+  partner = np.tile(local_partner, (n, 1))
+  tx = optax.sgd(0.5)
+  state = steps.create_train_state(model.init(jax.random.key(0), x[0]), tx,
+                                   jax.random.PRNGKey(1))
+  replicated = jax.tree.map(lambda a: np.broadcast_to(a, (n, *np.shape(a))), state)
+  out = {}
+  for name in ("nt_xent", "vicreg"):
+    loss_fn = losses.LOSSES.get(name)
+    gathered = functools.update_wrapper(functools.partial(loss_fn, axis_name="batch"), loss_fn)
+    pmapped = jax.pmap(steps.make_train_step(model, gathered, tx, axis_name="batch"),
+                       axis_name="batch")
+    new, metrics = pmapped(replicated, {"image": x, "label": partner, "partner": partner})
+    # The one-device batch: every device's view 0, then every device's view 1 (two_views'
+    # layout for the global batch), partners b * n apart.
+    whole = np.concatenate([x[:, :b].reshape(-1, 5), x[:, b:].reshape(-1, 5)])
+    whole_partner = np.concatenate([np.arange(n * b, 2 * n * b), np.arange(n * b)])
+    one_new, one_metrics = jax.jit(steps.make_train_step(model, loss_fn, tx))(
+        state, {"image": whole, "label": whole_partner, "partner": whole_partner})
+    out[f"{name}_pmap_vs_one_params"] = max_diff(jax.tree.map(lambda a: a[0], new.params),
+                                                 one_new.params)
+    out[f"{name}_pmap_vs_one_loss"] = abs(float(metrics["loss"][0]) - float(one_metrics["loss"]))
+    out[f"{name}_step_moves"] = max_diff(one_new.params, state.params)
+    out[f"{name}_has_accuracy"] = "accuracy" in one_metrics
+  return out
 
 
 def pmap_batch_norm() -> dict:

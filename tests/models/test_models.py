@@ -353,3 +353,71 @@ def test_hand_written_kernels_follow_the_backend_unless_forced(monkeypatch):
   monkeypatch.setenv(backend.ENV_VAR, "yes")
   with pytest.raises(ConfigError, match="BIGJAX_HAND_WRITTEN_KERNELS='yes'"):
     backend.hand_written_kernels()
+
+
+BACKBONES = [dict(name="mlp", hidden_sizes=(32, 16)), dict(name="cnn"),
+             dict(name="resnet", stage_sizes=(1,), stage_features=(8,)),
+             dict(name="vit", patch_size=7, hidden_size=16, depth=1, num_heads=2)]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES, ids=lambda b: b["name"])
+def test_num_classes_0_gives_the_features_the_head_would_read(backbone):
+  classifier = build_model(backbone)
+  variables = init_variables(classifier, jax.random.PRNGKey(0), MNIST_X)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
+  features = classifier.clone(num_classes=0).apply(variables, x)
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(features @ head["kernel"] + head["bias"],
+                             classifier.apply(variables, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES, ids=lambda b: b["name"])
+def test_a_projected_backbone_keeps_the_classifiers_parameter_names(backbone):
+  projected = build_model(dict(name="projected", backbone=backbone, projection_sizes=(24, 8)))
+  variables = init_variables(projected, jax.random.PRNGKey(0), MNIST_X)
+  params = variables["params"]
+  classifier = init_variables(build_model(backbone), jax.random.PRNGKey(0), MNIST_X)["params"]
+  assert set(params) == (set(classifier) - {"head"}) | {"projection_0", "projection_1"}
+  assert projected.apply(variables, jnp.zeros((5, 28, 28, 1))).shape == (5, 8)
+  # Same shapes for every backbone weight: a fine-tune loads them all.
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  assert shapes({k: v for k, v in params.items() if not k.startswith("projection_")}) == \
+      shapes({k: v for k, v in classifier.items() if k != "head"})
+
+
+def test_a_backbone_must_be_an_image_family_with_num_classes():
+  with pytest.raises(ConfigError, match="needs a name"):
+    init_variables(build_model(dict(name="projected", backbone=dict(hidden_sizes=(8,)))),
+                   jax.random.PRNGKey(0), MNIST_X)
+  with pytest.raises(ConfigError, match="is itself a pre-training wrapper"):
+    init_variables(build_model(dict(name="projected", backbone=dict(name="projected"))),
+                   jax.random.PRNGKey(0), MNIST_X)
+  with pytest.raises(ConfigError, match="has no num_classes field"):
+    init_variables(build_model(dict(name="projected", backbone=dict(name="gpt"))),
+                   jax.random.PRNGKey(0), MNIST_X)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_mae_encoder_is_the_vit_and_hides_the_stated_share_of_patches(pool):
+  encoder = dict(patch_size=4, hidden_size=16, depth=1, num_heads=2, pool=pool)
+  mae = build_model(dict(name="mae", encoder=encoder, mask_ratio=0.75, decoder_size=8))
+  variables = init_variables(mae, jax.random.PRNGKey(0), MNIST_X)
+  vit = init_variables(build_model(dict(name="vit", **encoder)), jax.random.PRNGKey(0), MNIST_X)
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  assert shapes({k: v for k, v in vit["params"].items() if k != "head"}) == shapes(
+      {k: v for k, v in variables["params"].items()
+       if not k.startswith(("decoder_", "mask_token"))})
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  train = lambda key: mae.apply(variables, x, train=True, rngs={"dropout": key})
+  out = train(jax.random.PRNGKey(2))
+  assert out.shape == (4, 49, 4 * 4 * 1 + 1)
+  np.testing.assert_array_equal(out[..., -1].sum(-1), 49 - 12)  # 12 of 49 stay visible
+  assert not np.array_equal(out[..., -1], train(jax.random.PRNGKey(3))[..., -1])
+  np.testing.assert_array_equal(mae.apply(variables, x)[..., -1],  # evaluation: a fixed mask
+                                mae.apply(variables, 0.5 * x)[..., -1])
+  with pytest.raises(ConfigError, match="mask_ratio must be in"):
+    init_variables(build_model(dict(name="mae", encoder=encoder, mask_ratio=1.0)),
+                   jax.random.PRNGKey(0), MNIST_X)
+  with pytest.raises(ConfigError, match="config.model.encoder has keys.*'hidden'"):
+    init_variables(build_model(dict(name="mae", encoder=dict(hidden=8))),
+                   jax.random.PRNGKey(0), MNIST_X)

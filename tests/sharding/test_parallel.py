@@ -221,3 +221,14 @@ def test_fsdp_regex_splits_matching_params_whatever_their_size():
   assert spec("['dense_0']['kernel']", (64, 128), "") == P()  # no regex: size only
   assert spec("['dense_0']['kernel']", (6, 10), "kernel") == P()  # no dimension divides by 4
   assert parallel.leaf_spec("['dense_0']['bias']", (128,), 1, 0, ".") == P()  # fsdp=1: replicated
+
+
+@pytest.mark.slow
+def test_contrastive_losses_gather_negatives_from_every_device(eight_devices):
+  r = eight_devices
+  for name in ("nt_xent", "vicreg"):
+    # pmap over 8 devices with gathered rows = one device holding the whole batch.
+    assert r[f"{name}_step_moves"] > 1e-3
+    assert r[f"{name}_pmap_vs_one_params"] < 1e-5, name
+    assert r[f"{name}_pmap_vs_one_loss"] < 1e-5, name
+    assert not r[f"{name}_has_accuracy"]  # embeddings, not class scores
