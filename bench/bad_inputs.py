@@ -93,6 +93,15 @@ def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
        ["--mode=quantize", "--quantize=weights", f"--workdir={tmp}/cnn"], "warning"),
       ("export of a run without inference.json", ["--mode=export", f"--workdir={tmp}/old"],
        "error"),
+      ("contrastive loss without two views", [*DIGITS, w("a"), "--config.loss.name=nt_xent",
+                                              "--config.eval.every_epoch=",
+                                              "--config.eval.at_end="], "error"),
+      ("contrastive loss with evaluation on", ["--config=configs/fashion_mnist_simclr.py:small",
+                                               *QUIET, w("a"), "--config.eval.at_end=test"],
+       "error"),
+      ("contrastive backbone that is no image family",
+       ["--config=configs/fashion_mnist_simclr.py:small", *QUIET, w("a"),
+        "--config.model.backbone.name=gpt"], "error"),
   ]
 
 

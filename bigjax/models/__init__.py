@@ -57,20 +57,21 @@ def _module_fields(cls) -> list[str]:
   return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
 
-def build_model(model_config: Mapping[str, Any]) -> nn.Module:
-  """Builds the Linen module named by `model_config["name"]` from the remaining keys."""
+def build_model(model_config: Mapping[str, Any], where: str = "config.model") -> nn.Module:
+  """Builds the Linen module named by `model_config["name"]` from the remaining keys
+  (`where`: the config group errors name)."""
   kwargs = dict(model_config)
   name = kwargs.pop("name")
   cls = MODELS.get(name)
   if dataclasses.is_dataclass(cls):
-    check_keys("model", name, _module_fields(cls), kwargs, "config.model")
+    check_keys("model", name, _module_fields(cls), kwargs, where)
   # ConfigDict turns tuples into lists; Linen modules want hashable fields.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   for key, value in kwargs.items():  # widths, depths, counts: a JAX shape error otherwise
     values = value if isinstance(value, tuple) else (value,)
     if SIZE_KEY.search(key) and any(isinstance(v, int) and not isinstance(v, bool) and v < 1
                                     for v in values):
-      raise ConfigError(f"config.model.{key}={value}: sizes, widths, depths and counts must "
+      raise ConfigError(f"{where}.{key}={value}: sizes, widths, depths and counts must "
                         "be positive integers.")
   return cls(**kwargs)
 

@@ -34,7 +34,7 @@ def backbone_of(backbone: Mapping[str, Any]) -> nn.Module:
     raise ConfigError(f'config.model.backbone.name="{config["name"]}" is itself a '
                       "pre-training wrapper; name an image family (mlp, cnn, resnet, vit).")
   config.pop("num_classes", None)
-  module = build_model(config)
+  module = build_model(config, where="config.model.backbone")
   if "num_classes" not in {f.name for f in dataclasses.fields(module)}:
     raise ConfigError(f'config.model.backbone.name="{config["name"]}" has no num_classes '
                       "field; a backbone must return its features when built with "

@@ -237,11 +237,15 @@ class Programs:
                         compute_dtype=self.compute_dtype)
     self.train_loss_fn = (distillation.wrap_loss(self.loss_fn, config.distill, self.data)
                           if distillation.is_on(config.get("distill")) else self.loss_fn)
-    if (getattr(self.train_loss_fn, "compares_embeddings", False)
-        and config.train.grad_accum_steps > 1):
-      raise ConfigError(f"Loss {config.loss.name} compares every row of the batch with every "
-                        "other; micro-batches would split them. Set "
-                        "config.train.grad_accum_steps=1.")
+    if getattr(self.train_loss_fn, "compares_embeddings", False):
+      if int(config.data.augment.get("views", 1)) != 2:
+        raise ConfigError(f"Loss {config.loss.name} compares two augmented views of each "
+                          "image: set config.data.augment.views=2 (and augmentations such as "
+                          "resized_crop, flip_lr, brightness; configs/fashion_mnist_simclr.py).")
+      if config.train.grad_accum_steps > 1:
+        raise ConfigError(f"Loss {config.loss.name} compares every row of the batch with "
+                          "every other; micro-batches would split them. Set "
+                          "config.train.grad_accum_steps=1.")
     train_step = make_train_step(self.model, self.train_loss_fn, self.tx, **step_options)
     eval_steps = {with_outputs: make_eval_step(self.model, self.loss_fn, self.metric_names,
                                                compute_dtype=self.compute_dtype,

@@ -153,8 +153,12 @@ def test_every_loss_is_per_example_and_jittable():
   # other view of each row, for the contrastive losses.)
   batch = {"label": jnp.array([0, 1, 2, 3, 0, 1]), "image": jnp.zeros((6, 4)),
            "partner": jnp.array([3, 4, 5, 0, 1, 2])}
+  # (A masked autoencoder's outputs: 4 patches of 2x2 pixels of a 4x4 image, and the flag.)
+  patches = {"masked_patch_mse": (jax.random.normal(jax.random.PRNGKey(1), (6, 4, 5)),
+                                  dict(batch, image=jnp.ones((6, 4, 4, 1))))}
   for name in losses.LOSSES.names():
-    value = jax.jit(losses.LOSSES.get(name))(logits, batch)
+    outputs, inputs = patches.get(name, (logits, batch))
+    value = jax.jit(losses.LOSSES.get(name))(outputs, inputs)
     assert value.shape == (6,) and bool(jnp.all(jnp.isfinite(value))), name
 
 

@@ -355,13 +355,13 @@ def test_unknown_names_list_the_known_ones(tmp_path):
                                    "arrays, diabetes, digits, folder, idx, text, text_classification, tfds"),
                                    ("loss", "name", "hinge_loss",
                                     "mean_absolute_error, mean_squared_error, multiclass_hinge, "
-                                    "reconstruction_mse, sigmoid_binary_cross_entropy, "
+                                    "nt_xent, reconstruction_mse, sigmoid_binary_cross_entropy, "
                                     "softmax_cross_entropy"),
                                    ("optimizer", "name", "adamm",
                                     "adafactor, adagrad, adam, adamw, lamb, lion, momentum, "
                                     "nesterov, rmsprop, sgd"),
                                    ("model", "name", "resnet9000",
-                                    "cnn, denoising_autoencoder, gpt, mlp")]:
+                                    "cnn, denoising_autoencoder, gpt, mae, mlp, projected")]:
     config = digits.get_config()
     config[group][key] = value
     with pytest.raises(ConfigError, match=f"Unknown .*{value}.*Known .*{known}"):

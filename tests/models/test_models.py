@@ -100,7 +100,7 @@ def test_reshape_max_pool_equals_flax_max_pool(shape, ties, window):
 
 
 def test_unknown_model_name_and_field():
-  with pytest.raises(ConfigError, match='Unknown model "mpl".*Did you mean "mlp".*cnn, denoising_autoencoder, gpt, mlp'):
+  with pytest.raises(ConfigError, match='Unknown model "mpl".*Did you mean "mlp".*cnn, denoising_autoencoder, gpt, mae, mlp'):
     build_model(dict(name="mpl"))
   with pytest.raises(ConfigError, match=r"hiden_sizes.*Did you mean \"hidden_sizes\""):
     build_model(dict(name="mlp", hiden_sizes=(3,)))
