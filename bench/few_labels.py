@@ -3,8 +3,9 @@
 Fashion-MNIST, 600 labelled training images (60 per class; configs/fashion_mnist_fewlabels.py),
 test on all 10,000. For one network, per seed: trained from scratch on the 600; fine-tuned
 from each pre-training (every pre-training runs once, on all 60,000 training images without
-their labels), both as a linear probe (the loaded backbone frozen) and in full; and the same
-network trained on all 60,000 labels, the ceiling. A pre-training "closes the gap" by
+their labels), with the loaded backbone frozen (a linear probe; for the CNN, whose SimCLR
+backbone is the conv trunk, its dense layer trains too) and in full; and the same network
+trained on all 60,000 labels, the ceiling. A pre-training "closes the gap" by
 (fine-tuned - scratch) / (ceiling - scratch) of the same seed. Writes a Markdown table.
 
   python -m bench.few_labels --network=cnn --methods=simclr --seeds=0,1,2 \
@@ -95,13 +96,13 @@ def main():
       notes.append(f"{method}: {epochs} epochs on the 60,000 training images without labels, "
                    f"{seconds / 60:.1f} min on this machine.")
       print(json.dumps({"pretrained": method, "seconds": round(seconds)}), flush=True)
-      rows[f"{method}, linear probe"], rows[f"{method}, fine-tuned"] = [], []
+      rows[f"{method}, frozen backbone"], rows[f"{method}, fine-tuned"] = [], []
     if args.ceiling_epochs:
       rows["ceiling: all 60,000 labels"] = []
     for seed in seeds:
       plan = [("scratch", args.network, {})]
       for method in methods:
-        plan += [(f"{method}, linear probe", f"{args.network},probe",
+        plan += [(f"{method}, frozen backbone", f"{args.network},probe",
                   {"init_from.path": runs[method]}),
                  (f"{method}, fine-tuned", args.network, {"init_from.path": runs[method]})]
       if args.ceiling_epochs:

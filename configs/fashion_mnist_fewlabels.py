@@ -10,8 +10,9 @@ scratch or fine-tuned from a self-supervised pre-training.
 Variants: `mlp` (default; 784-256-128-10, the denoising autoencoder's encoder,
 configs/fashion_mnist_pretrain.py), `cnn` (the lessons' CNN, as
 configs/fashion_mnist_simclr.py pre-trains it) or `vit` (a 4-block ViT on 4x4 patches, as
-configs/fashion_mnist_mae.py pre-trains it); `probe` trains the new head alone (every
-loaded weight frozen), the linear probe of the self-supervised literature.
+configs/fashion_mnist_mae.py pre-trains it); `probe` freezes the loaded backbone: the new
+head alone trains (the linear probe of the self-supervised literature), and for the CNN,
+whose SimCLR backbone is the conv trunk, its dense layer and head.
 The 600 examples are fixed by data.split_seed; config.seed varies the init and order.
 Nothing is selected on the validation split (no early stopping, no best checkpoint): the
 result is the test accuracy after the fixed number of epochs.
@@ -29,6 +30,13 @@ from configs import fashion_mnist, fashion_mnist_pretrain
 # the patch tokens' mean as the summary (no class token for a masked autoencoder to ignore).
 VIT = dict(name="vit", patch_size=4, hidden_size=64, depth=4, num_heads=4, mlp_ratio=2.0,
            pool="mean", dropout_rate=0.0, num_classes=10)
+
+
+SKIP = dict(mlp="^(decoder_|projection_|head/)", cnn="^(projection_|dense_|head/)",
+            vit="^(decoder_|mask_token|projection_|head/)")
+# The probe: what stays frozen. For the CNN the conv trunk, so its (new) dense layer and head
+# train on frozen features; for the others every loaded weight, the head alone training.
+FROZEN = dict(mlp="^(?!head/)", cnn="^conv_", vit="^(?!head/)")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,10 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.max_to_keep = 1
   # Loaded from a pre-training: its backbone; an autoencoder's decoder, a contrastive run's
   # projection head and a masked autoencoder's decoder and mask token are unused, and the
-  # head is new.
-  config.init_from.skip = "^(decoder_|projection_|mask_token|head/)"
+  # head is new. The CNN's SimCLR backbone is its conv trunk: the dense layer is new too.
+  config.init_from.skip = SKIP[network]
   if "probe" in tokens:
-    config.finetune.freeze = "^(?!head/)"   # every parameter but the head's
+    config.finetune.freeze = FROZEN[network]
+    config.finetune.freeze_batch_stats = True  # (a backbone with BatchNorm keeps its own)
     config.optimizer.learning_rate = 1e-2
   config.report.plots = False
   config.lock()

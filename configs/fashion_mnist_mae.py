@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss = dict(name="masked_patch_mse", normalize_patches=True, l1=0.0, l2=0.0,
                        penalty_mask="kernel")
     config.init_from.skip = ""
-  config.optimizer.update(name="adamw", learning_rate=1.5e-3, weight_decay=0.05)
+  config.optimizer.update(name="adamw", learning_rate=1e-3, b2=0.95, weight_decay=0.05)
   config.optimizer.schedule.update(name="cosine", warmup_steps=500)
   config.train.update(batch_size=256, num_epochs=30 if not small else 1, steps_per_call=1,
                       log_every_steps=50)

@@ -42,6 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = fashion_mnist_fewlabels.get_config(network)
   with config.unlocked():
     backbone = {k: v for k, v in config.model.to_dict().items() if k != "num_classes"}
+    if network == "cnn":
+      # The conv trunk: SimCLR's representation is the last layer before any projection,
+      # and the CNN's dense layer would be one (the fine-tune trains it from scratch).
+      backbone["dense_sizes"] = ()
     config.model = dict(name="projected", backbone=backbone, projection_sizes=(256, 128))
     config.data.labels_per_class = -1  # every training image; the labels are never read
     config.data.validation_fraction = 0.0

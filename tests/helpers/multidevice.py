@@ -119,6 +119,20 @@ def main(root):
                                              init[name]["kernel"]) for name in bf16_params}
   out.update(pmap_batch_norm())
   out.update(contrastive_negatives())
+  # A SimCLR run sharded over 8 devices (jit: the global batch's negatives) = one device.
+  simclr = {}
+  for name, parallel in (("simclr_one", dict(num_devices=1)), ("simclr_jit8", {})):
+    c = config(**parallel)
+    with c.unlocked():
+      c.model = dict(name="projected", backbone=dict(c.model), projection_sizes=(32, 16))
+      c.loss = dict(name="nt_xent", temperature=0.2, l1=0.0, l2=0.0, penalty_mask="kernel")
+      c.data.augment.update(views=2, resized_crop=0.3, flip_lr=True, brightness=0.4)
+      c.train.num_steps = 10
+      c.eval.at_end = ""
+      c.checkpoint.best_metric = ""
+    train.run(c, os.path.join(root, name))
+    _, simclr[name] = params_of(os.path.join(root, name))
+  out["simclr_jit8_vs_one"] = max_diff(simclr["simclr_one"], simclr["simclr_jit8"])
   print("RESULT " + json.dumps(out))
 
 

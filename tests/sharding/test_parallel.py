@@ -232,3 +232,4 @@ def test_contrastive_losses_gather_negatives_from_every_device(eight_devices):
     assert r[f"{name}_pmap_vs_one_params"] < 1e-5, name
     assert r[f"{name}_pmap_vs_one_loss"] < 1e-5, name
     assert not r[f"{name}_has_accuracy"]  # embeddings, not class scores
+  assert r["simclr_jit8_vs_one"] < 1e-5  # sharded under jit: the global batch, as on one
