@@ -29,6 +29,9 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 QUIET = ["--config.report.plots=False", "--config.report.html=False",
          "--config.report.tensorboard=False"]
 DIGITS = ["--config=configs/digits.py", *QUIET]
+RECORDS = lambda tmp, name="bad_records": [
+    "--config.data.source=array_record", f"--config.data.path={tmp}/{name}",
+    "--config.data.placement=host", "--config.train.num_epochs=1"]
 
 
 def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
@@ -99,6 +102,16 @@ def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
       ("contrastive loss with evaluation on", ["--config=configs/fashion_mnist_simclr.py:small",
                                                *QUIET, w("a"), "--config.eval.at_end=test"],
        "error"),
+      ("records folder prepared as tfrecord", [*DIGITS, w("a"),
+                                               "--config.data.source=array_record",
+                                               f"--config.data.path={tmp}/tfrecords"], "error"),
+      ("records folder with an undecodable image", [*DIGITS, w("a"), *RECORDS(tmp)], "error"),
+      ("the same, skip_bad_records=True", [*DIGITS, w("skip"), *RECORDS(tmp),
+                                           "--config.data.skip_bad_records=True"], "warning"),
+      ("worker_count above the CPUs", [*DIGITS, w("workers"), *RECORDS(tmp, "good_records"),
+                                       "--config.data.worker_count=64"], "warning"),
+      ("negative worker_count", [*DIGITS, w("negative"), *RECORDS(tmp, "good_records"),
+                                 "--config.data.worker_count=-1"], "error"),
       ("contrastive backbone that is no image family",
        ["--config=configs/fashion_mnist_simclr.py:small", *QUIET, w("a"),
         "--config.model.backbone.name=gpt"], "error"),
@@ -135,6 +148,7 @@ def _prepare(tmp: str, trained: str) -> None:
   subprocess.run([sys.executable, "run.py", "--config=configs/digits.py:cnn", *QUIET,
                   f"--workdir={tmp}/cnn", "--config.train.num_epochs=1"], cwd=ROOT,
                  capture_output=True, check=True)
+  _records(tmp)
   flipped = f"{tmp}/flipped"
   shutil.copytree(trained, flipped)
   latest = max(int(s) for s in os.listdir(f"{flipped}/checkpoints") if s.isdigit())
@@ -144,6 +158,25 @@ def _prepare(tmp: str, trained: str) -> None:
   data = bytearray(open(target, "rb").read())
   data[len(data) // 2] ^= 0x10
   open(target, "wb").write(bytes(data))
+
+
+def _records(tmp: str) -> None:
+  """digits as records folders: one sound, one whose 101st training image does not decode;
+  and a folder of tfrecord files."""
+  from bigjax.data import records, sources
+  from configs import digits
+  raw = sources.load_raw(digits.get_config().data)
+  for name in ("good_records", "bad_records"):
+    train = [(image, label) for image, label in zip(raw.train_inputs, raw.train_targets)]
+    if name == "bad_records":
+      train[100] = (b"\x89PNG not really", train[100][1])
+    counts = {"train": records.write_split(f"{tmp}/{name}", "train", train),
+              "test": records.write_split(f"{tmp}/{name}", "test",
+                                          zip(raw.test_inputs, raw.test_targets))}
+    records.write_info(f"{tmp}/{name}", raw.class_names, raw.train_inputs.shape[1:], counts,
+                       raw.pixel_max)
+  os.makedirs(f"{tmp}/tfrecords")
+  open(f"{tmp}/tfrecords/digits-train.tfrecord-00000-of-00001", "wb").close()
 
 
 def classify(proc: subprocess.CompletedProcess) -> tuple[str, str]:

@@ -300,6 +300,11 @@ def finish(run_: Run, state, final_splits: list[str], startup_seconds, resumed_f
       "compilations_per_epoch": compiles_per_epoch,
       "metrics": final, "environment": _environment(),
   }
+  if programs.placement == "host":  # did the steps wait for the input pipeline?
+    results["input_wait_seconds"] = programs.input_wait_seconds
+    logging.info("input: training waited %.1f s for host batches (%.0f%% of its %.1f s)",
+                 programs.input_wait_seconds,
+                 100 * programs.input_wait_seconds / max(train_seconds, 1e-9), train_seconds)
   if pruning.is_on(config.get("prune")):
     results["pruning"] = pruning.nonzero_report(state.params, config.prune.include)
     logging.info("pruned: %.1f%% of the pruned kernels are zero; %s of %s params non-zero",

@@ -76,9 +76,16 @@ def base_config(variant: str, small: bool) -> ml_collections.ConfigDict:
       channels=0,                # folder: 1 (grayscale) or 3 (RGB); 0 = as most images are
       test_fraction=0.2,         # held out as test when the source has no test split
       skip_bad_images=False,     # folder: skip (and log) files that cannot be decoded
-      # device: every split in device memory, batches gathered there (fastest; the default);
-      # host: batches read on the host (memory-mapped .npy stream) and prefetched.
-      placement="device",
+      # device: every split in device memory, batches gathered there (the fastest);
+      # host: batches read on the host as they are needed (records folders, TFDS
+      # array_record, memory-mapped .npy stream from disk) and prefetched; auto (the
+      # default): device when the model-ready splits fit in device_limit_gb, else host.
+      placement="auto",
+      device_limit_gb=4.0,
+      worker_count=0,            # host: grain worker processes reading (decoding) batches;
+                                 # 0 = one background thread
+      skip_bad_records=False,    # host: replace (and count) an unreadable record rather
+                                 # than stop with its index
       # Train-split augmentation, on the device inside the train step (bigjax/data/augment.py);
       # 0/False = off. Validation and test data are never augmented.
       augment=dict(

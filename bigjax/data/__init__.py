@@ -4,6 +4,7 @@ from bigjax.data.pipeline import epoch_permutation
 from bigjax.data.pipeline import padded_batches
 from bigjax.data.pipeline import prepare
 from bigjax.data.pipeline import PreparedData
+from bigjax.data.pipeline import resolve_placement
 from bigjax.data.pipeline import Split
 from bigjax.data.pipeline import train_validation_indices
 from bigjax.data.sources import load_raw

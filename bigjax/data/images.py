@@ -114,6 +114,78 @@ def majority_channels(paths: Sequence[str], root: str) -> int:
   return channels
 
 
+def header_size(path: str) -> tuple[int, int] | None:
+  """(height, width) from an image file's header (not decoded), or None if unreadable."""
+  from PIL import Image
+  try:
+    with Image.open(path) as image:
+      return image.height, image.width
+  except Exception:  # noqa: BLE001  (reported when the file is read)
+    return None
+
+
+class FileImages:
+  """Image files decoded on demand: an array-like uint8 [N, H, W, C] whose rows are files,
+  for a folder too large to decode whole (host placement). Picklable: grain's worker
+  processes decode the batches in parallel. A file that does not decode raises
+  BadRecordError (stop with its path, or config.data.skip_bad_records=True)."""
+
+  dtype = np.dtype(np.uint8)
+  ndim = 4
+
+  def __init__(self, paths: Sequence[str], size: Sequence[int], channels: int):
+    self.paths, self.size, self.channels = list(paths), tuple(size), channels
+    self.shape = (len(self.paths), *self.size, channels)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def subset(self, rows) -> "FileImages":
+    return FileImages([self.paths[i] for i in np.asarray(rows)], self.size, self.channels)
+
+  def _read(self, i: int) -> np.ndarray:
+    from bigjax.data.records import BadRecordError
+    try:
+      return decode_image(self.paths[i], self.size, self.channels)
+    except (BadImageError, OSError) as e:
+      raise BadRecordError(f"image {i} of the folder ({e})") from None
+
+  def __getitem__(self, rows) -> np.ndarray:
+    rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
+            else np.asarray(rows))
+    flat = [self._read(int(i)) for i in np.ravel(rows)]
+    return (np.stack(flat).reshape(*rows.shape, *self.shape[1:]) if flat
+            else np.zeros((*rows.shape, *self.shape[1:]), np.uint8))
+
+
+def lazy_class_folders(root: str, size: Sequence[int] | None, channels: int,
+                       class_names: Sequence[str] | None = None,
+                       ) -> tuple[FileImages, np.ndarray, list[str]]:
+  """load_class_folders without decoding: (FileImages, labels, class names), from the
+  folder's listing and the images' headers (their sizes must agree without `size`)."""
+  classes = class_folders(root)
+  names = list(class_names) if class_names is not None else [n for n, _ in classes]
+  extra = sorted({n for n, _ in classes} - set(names))
+  if extra:
+    raise ConfigError(f"{root} has class folders {extra} that the training folder lacks "
+                      f"(its classes: {names}).")
+  index = {name: i for i, name in enumerate(names)}
+  paths = [p for _, files in classes for p in files]
+  labels = np.asarray([index[name] for name, files in classes for _ in files], np.int32)
+  channels = channels or majority_channels(paths, root)
+  if not size:
+    sizes = collections.Counter(filter(None, map(header_size, paths)))
+    if len(sizes) > 1:
+      (s1, _), (s2, _) = sizes.most_common(2)
+      raise ConfigError(f"Images in {root} differ in size ({s1[0]}x{s1[1]}, {s2[0]}x{s2[1]}, "
+                        "...). Set --config.data.image_size=H,W to resize them all, e.g. "
+                        f"--config.data.image_size={s1[0]},{s1[1]}.")
+    if not sizes:
+      raise ConfigError(f"No image in {root} could be read.")
+    size = next(iter(sizes))
+  return FileImages(paths, size, channels), labels, names
+
+
 def load_class_folders(root: str, size: Sequence[int] | None, channels: int,
                        skip_bad: bool, class_names: Sequence[str] | None = None,
                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:

@@ -7,6 +7,8 @@ function of (seed, epoch), so a resumed run sees the batches an uninterrupted ru
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
+import mmap
 from typing import Any, Mapping
 
 import numpy as np
@@ -44,6 +46,23 @@ class LazyImages:
 
   def __len__(self) -> int:
     return len(self.rows) if self.rows is not None else len(self.raw)
+
+  def __getstate__(self):
+    # A memory-mapped file travels to a worker process as its name, not its bytes.
+    state = dict(self.__dict__)
+    raw = self.raw
+    if (isinstance(raw, np.memmap) and getattr(raw, "filename", None)
+        and isinstance(raw.base, mmap.mmap)):  # (the file's whole array, not a view of it)
+      state["raw"] = ("memmap", raw.filename, raw.dtype.str, raw.shape, raw.offset,
+                      "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C")
+    return state
+
+  def __setstate__(self, state):
+    raw = state["raw"]
+    if isinstance(raw, tuple) and raw[0] == "memmap":
+      _, filename, dtype, shape, offset, order = raw
+      state["raw"] = np.memmap(filename, dtype, "r", offset, shape, order)
+    self.__dict__.update(state)
 
   def standardized(self, mean: np.ndarray, std: np.ndarray) -> "LazyImages":
     return LazyImages(self.raw, self.rows, self.pixel_max, mean, std)
@@ -101,6 +120,8 @@ class PreparedData:
   class_names: list[str]
   stats: dict  # scaling and standardisation statistics, saved with the run
   tokenizer: str | None = None  # tokenizers' JSON of a text source (saved as tokenizer.json)
+  placement: str = "device"  # where the splits live: "device" (in memory) or "host" (read
+                             # batch by batch)
 
   @property
   def num_classes(self) -> int:
@@ -249,8 +270,38 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     for split in (train, validation, test):
       if split is not None:
         split.inputs = split.inputs.standardized(mean, std)
-  if data_config.get("placement", "device") != "host":  # in memory, then on the device
+  placement = resolve_placement(data_config, [train, validation, test])
+  if placement == "device":  # in memory, then on the device
     for split in (train, validation, test):
       if split is not None:
         split.inputs = np.asarray(split.inputs)
-  return PreparedData(train, validation, test, class_names, stats, raw.tokenizer)
+  return PreparedData(train, validation, test, class_names, stats, raw.tokenizer, placement)
+
+
+def model_ready_bytes(splits) -> int:
+  """The bytes the splits' model inputs take once read (float32 images, int tokens)."""
+  return sum(len(s) * int(np.prod(s.inputs.shape[1:])) * s.inputs.dtype.itemsize
+             for s in splits if s is not None)
+
+
+def check_placement(placement: str) -> str:
+  if placement not in ("device", "host", "auto"):
+    raise ConfigError(f'config.data.placement="{placement}": use "auto" (by size), "device" '
+                      '(whole splits in device memory, the fastest) or "host" (batches read '
+                      "on the host and prefetched, for data larger than device memory).")
+  return placement
+
+
+def resolve_placement(data_config: Mapping[str, Any], splits) -> str:
+  """config.data.placement, with "auto" decided by size (logged): device memory when
+  the model-ready splits fit in device_limit_gb, else read on the host."""
+  placement = check_placement(data_config.get("placement", "device"))
+  if placement != "auto":
+    return placement
+  size, limit = model_ready_bytes(splits), float(data_config.get("device_limit_gb", 4.0))
+  placement = "device" if size <= limit * 2 ** 30 else "host"
+  py_logging.getLogger("bigjax.train").info(
+      "data placement: %s (auto: the splits take %.2f GB model-ready, %s "
+      "config.data.device_limit_gb=%g)", placement, size / 2 ** 30,
+      "within" if placement == "device" else "over", limit)
+  return placement

@@ -16,6 +16,7 @@ import numpy as np
 
 from bigjax.data import arrays
 from bigjax.data import idx
+from bigjax.data import records
 from bigjax.data import images as image_files
 from bigjax.data import tfds_source
 from bigjax.registry import ConfigError
@@ -65,7 +66,8 @@ def hold_out_test(images: np.ndarray, labels: np.ndarray, fraction: float, seed:
   order = np.random.default_rng(seed).permutation(len(labels))
   n_test = int(len(labels) * fraction)
   test, train = order[:n_test], order[n_test:]
-  return images[train], labels[train], images[test], labels[test]
+  take = lambda rows: images.subset(rows) if hasattr(images, "subset") else images[rows]
+  return take(train), labels[train], take(test), labels[test]
 
 
 def resize_images(images: np.ndarray, size) -> np.ndarray:
@@ -96,11 +98,13 @@ def load_folder(data_config: Mapping[str, Any]) -> RawData:
     raise ConfigError("config.data.source='folder' needs config.data.path: a folder with "
                       "one subfolder of images per class (PATH/cat/*.jpg, PATH/dog/*.jpg).")
   size = tuple(data_config.get("image_size") or ()) or None
+  has_splits = (os.path.isdir(os.path.join(root, "train"))
+                and os.path.isdir(os.path.join(root, "test")))
+  if _folder_streams(data_config, root, has_splits, size):
+    return _lazy_folder(data_config, root, has_splits, size)
   read = lambda folder, names=None: image_files.load_class_folders(
       folder, size, data_config.get("channels", 0), data_config.get("skip_bad_images", False),
       names)
-  has_splits = (os.path.isdir(os.path.join(root, "train"))
-                and os.path.isdir(os.path.join(root, "test")))
   if has_splits:
     train_x, train_y, names, skipped = read(os.path.join(root, "train"))
     test_x, test_y, _, skipped_test = read(os.path.join(root, "test"), names)
@@ -117,6 +121,40 @@ def load_folder(data_config: Mapping[str, Any]) -> RawData:
     logging.getLogger(__name__).warning(
         "skipped %d image(s) that could not be decoded (config.data.skip_bad_images): %s",
         len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+  return RawData(train_x, train_y, test_x, test_y, 255.0, names)
+
+
+def _folder_streams(data_config, root: str, has_splits: bool, size) -> bool:
+  """Whether an image folder is read file by file as batches need it (host placement, or
+  auto with more model-ready pixels than config.data.device_limit_gb) instead of whole."""
+  placement = data_config.get("placement", "device")
+  if placement != "auto":
+    return placement == "host"
+  folders = [os.path.join(root, s) for s in ("train", "test")] if has_splits else [root]
+  paths = [p for f in folders for _, files in image_files.class_folders(f) for p in files]
+  if not size:
+    size = next(filter(None, map(image_files.header_size, paths[:1])), None) or (0, 0)
+  channels = data_config.get("channels", 0) or 3  # (a bound: 1 if grayscale)
+  model_ready = len(paths) * size[0] * size[1] * channels * 4
+  return model_ready > float(data_config.get("device_limit_gb", 4.0)) * 2 ** 30
+
+
+def _lazy_folder(data_config, root: str, has_splits: bool, size) -> RawData:
+  """An image folder as FileImages: decoded per batch (in grain's workers with
+  config.data.worker_count), never whole; the same splits as the whole read."""
+  channels = data_config.get("channels", 0)
+  if has_splits:
+    train_x, train_y, names = image_files.lazy_class_folders(
+        os.path.join(root, "train"), size, channels)
+    test_x, test_y, _ = image_files.lazy_class_folders(
+        os.path.join(root, "test"), size or train_x.shape[1:3], train_x.shape[-1], names)
+  else:
+    images, labels, names = image_files.lazy_class_folders(root, size, channels)
+    train_x, train_y, test_x, test_y = hold_out_test(
+        images, labels, data_config.get("test_fraction", 0.2), data_config["split_seed"])
+  if data_config.get("skip_bad_images", False):
+    logging.info("config.data.skip_bad_images: the folder is read as training goes, so a "
+                 "file that does not decode is replaced then (config.data.skip_bad_records)")
   return RawData(train_x, train_y, test_x, test_y, 255.0, names)
 
 
@@ -171,7 +209,7 @@ def load_tfds(data_config: Mapping[str, Any]) -> RawData:
   data_dir = data_config["data_dir"] or None
 
   def read(split):
-    if data_config.get("placement") == "host":  # stream from disk when the format allows
+    if data_config.get("placement") in ("host", "auto"):  # stream when the format allows
       lazy = tfds_source.open_tfds_split_lazily(data_config["name"], split, data_dir,
                                                 size=size)
       if lazy is not None:
@@ -183,6 +221,30 @@ def load_tfds(data_config: Mapping[str, Any]) -> RawData:
   num_classes = len(names) or int(max(train_y.max(), test_y.max())) + 1
   pixel_max = 255.0 if train_x.dtype == np.uint8 else 1.0
   return RawData(train_x, train_y, test_x, test_y, pixel_max, _names_for(num_classes, names))
+
+
+@register_source("array_record")
+def load_array_record(data_config: Mapping[str, Any]) -> RawData:
+  """A records folder (bigjax/data/records.py): images read one record at a time as
+  batches need them, so the data can be larger than memory. A `validation` split there
+  is used as it is; otherwise validation_fraction of train is held out."""
+  folder = os.path.expanduser(data_config["path"] or "")
+  if not folder:
+    raise ConfigError("config.data.source='array_record' needs config.data.path: a records "
+                      "folder (<split>.array_record files and info.json; "
+                      "bench/make_records.py writes one).")
+  info = records.read_info(folder)
+  size = tuple(data_config.get("image_size") or ()) or None
+  read = lambda split: records.open_split(folder, split, size, data_config.get("channels", 0))
+  train_x, train_y = read(data_config["train_split"])
+  test_x, test_y = read(data_config["test_split"])
+  names = list(info.get("class_names") or [])
+  num_classes = len(names) or int(max(train_y.max(), test_y.max())) + 1
+  raw = RawData(train_x, train_y, test_x, test_y, float(info.get("pixel_max", 255.0)),
+                _names_for(num_classes, names))
+  if records.split_files(folder, "validation"):
+    raw.validation_inputs, raw.validation_targets = read("validation")
+  return raw
 
 
 @register_source("digits")

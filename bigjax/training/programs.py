@@ -131,20 +131,14 @@ class Programs:
   # ------------------------------------------------------------------ construction
   def _place_data(self, config) -> None:
     t0 = time.perf_counter()
-    self.placement = config.data.placement
-    if self.placement not in ("device", "host"):
-      raise ConfigError(f'config.data.placement="{self.placement}": use "device" (whole '
-                        'splits in device memory, the fastest) or "host" (batches read on '
-                        "the host and prefetched, for data larger than device memory).")
+    data_lib.pipeline.check_placement(config.data.placement)  # (before anything is read)
     parallel_config = config.parallel
     self.mode = parallel.check_mode(parallel_config.mode)
     self.mesh = parallel.build_mesh(parallel_config)
     parallel.check_batch_size(config.train.batch_size, self.mesh)
-    if self.mode == "pmap" and self.placement == "host":
+    if self.mode == "pmap" and config.data.placement == "host":
       raise ConfigError('config.parallel.mode="pmap" reads batches from device-resident '
                         'splits; use config.data.placement="device" or mode="jit".')
-    self.strategy = "pmap" if self.mode == "pmap" else (
-        "host" if self.placement == "host" else "indices")
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     # XLA:CPU with several devices can deadlock in a collective when many steps are in
     # flight at once (seen with 8 devices on 2 cores), so there each step is waited for.
@@ -154,6 +148,13 @@ class Programs:
         self.mesh, self.mode, config.train.batch_size),
         precision.describe(self.compute_dtype, self.param_dtype))
     self.data = data_lib.load(config.data)
+    self.placement = self.data.placement
+    if self.mode == "pmap" and self.placement == "host":
+      raise ConfigError('config.parallel.mode="pmap" reads batches from device-resident '
+                        "splits, and these splits are too large for config.data."
+                        "device_limit_gb: use mode=\"jit\", or raise the limit.")
+    self.strategy = "pmap" if self.mode == "pmap" else (
+        "host" if self.placement == "host" else "indices")
     validate.check_data(config, self.data)
     if self.data.is_tokens and config.data.augment.get("mlm_probability"):
       _fix_evaluation_masks(self.data, config.data, int(config.model.vocab_size))
@@ -165,6 +166,16 @@ class Programs:
                            jax.device_put(s.targets, everywhere))
                           if self.placement == "device" else (s.inputs, s.targets))
                    for name, s in self.data.splits().items()}
+    self.input_wait_seconds = 0.0  # host placement: training's waits for a batch
+    self.workers = feed.worker_count(int(config.data.get("worker_count", 0)))
+    self.skip_bad = bool(config.data.get("skip_bad_records", False)
+                         or (config.data.get("source") == "folder"
+                             and config.data.get("skip_bad_images", False)))
+    if self.placement == "host" and self.workers and not feed.is_streamed(
+        self.data.train.inputs):
+      logging.info("config.data.worker_count=%d unused: the train split is in memory (its "
+                   "source is not read lazily), so the prefetch thread reads its batches",
+                   self.workers)
     logging.info("data: %s", ", ".join(f"{n} {len(s):,}" for n, s in self.data.splits().items())
                  + f" examples of shape {self.data.train.inputs.shape[1:]}, "
                  + ("regression targets" if self.data.is_regression
@@ -364,14 +375,14 @@ class Programs:
     whatever k is. Close the iterator if it is not exhausted (host placement prefetches)."""
     b, k = self.batch_size, self.steps_per_call
     if self.strategy == "host":
-      prefetch = self.host_feed(feed.host_batches(
-          *self.splits["train"], order, b, start, end, jax.process_index(),
-          jax.process_count()))
+      rows = feed.epoch_rows(order, b, start, end, jax.process_index(), jax.process_count())
+      prefetch = self.host_feed(self.read_batches("train", rows))
       try:
         for batch in prefetch:
           yield Chunk(1, batch)
       finally:
         prefetch.close()
+        self.input_wait_seconds += prefetch.waited
       return
     i = start
     while i < end:
@@ -425,6 +436,18 @@ class Programs:
     return feed.Prefetch(host_batches,
                          put=lambda b: parallel.put_global_batch(b, self.batch_sharding))
 
+  def read_batches(self, split: str, rows: np.ndarray, mask: np.ndarray | None = None,
+                   labels: bool = True) -> Iterator[dict]:
+    """Host batches of a split's examples `rows` [num_batches, B] (this process's shares),
+    read in grain's worker processes (config.data.worker_count) where the split streams
+    from disk, else in the prefetch thread."""
+    images, targets = self.splits[split]
+    targets = targets if labels else None
+    if self.workers and feed.is_streamed(images) and len(rows):
+      return feed.worker_batches(images, targets, rows, mask, self.workers, self.skip_bad)
+    masks = [None] * len(rows) if mask is None else mask
+    return (feed.read_batch(images, targets, r, m, self.skip_bad) for r, m in zip(rows, masks))
+
   def check_split(self, split: str, config_key: str) -> None:
     if split not in self.splits:
       raise ConfigError(f'{config_key} names split "{split}", which this data does not have.'
@@ -452,8 +475,8 @@ class Programs:
     images, labels = self.splits[split]
     indices, mask = data_lib.padded_batches(len(labels), self.eval_batch_size)
     if self.placement == "host":
-      batches = self.host_feed(dict(image=images[i], label=labels[i], mask=m)
-                               for i, m in zip(self.local_share(indices), self.local_share(mask)))
+      batches = self.host_feed(self.read_batches(split, np.asarray(self.local_share(indices)),
+                                                 np.asarray(self.local_share(mask))))
       results = [self._synced(self.eval_on_batch(state, batch, with_outputs=with_outputs))
                  for batch in batches]
     else:

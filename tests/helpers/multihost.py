@@ -16,9 +16,21 @@ from bigjax.sharding import parallel
 from tests.helpers.multidevice import config  # noqa: E402
 
 
+def write_records(folder) -> None:
+  """digits as a records folder (written by the test, before the processes start)."""
+  from bigjax.data import records, sources
+  raw = sources.load_raw(config().data)
+  records.write(folder, {"train": (raw.train_inputs, raw.train_targets),
+                         "test": (raw.test_inputs, raw.test_targets)},
+                raw.class_names, pixel_max=raw.pixel_max)
+
+
 def main(root, placement):
   c = config()
   with c.unlocked():
+    if placement == "records":  # streamed from array_record files by a worker process
+      c.data.update(source="array_record", path=f"{root}_records", worker_count=1)
+      placement = "host"
     c.data.placement = placement
     c.report.plots = True  # the pictures: drawn by process 0 from every process's outputs
   parallel.maybe_initialize_distributed(c.parallel)

@@ -180,14 +180,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("placement", ["device", "host"])
+@pytest.mark.parametrize("placement", ["device", "host", "records"])
 def test_two_host_processes_train_as_one(placement, tmp_path, eight_devices):
   """JAX's multi-host runtime on one machine: 2 processes x 4 CPU devices, each reading its
-  own share of every batch (host placement), equal to one device's training; process 0
-  draws the pictures from every process's outputs."""
+  own share of every batch (host placement; records: streamed from array_record files by a
+  grain worker), equal to one device's training; process 0 draws the pictures from every
+  process's outputs."""
   env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
              JAX_NUM_PROCESSES="2")
   script = os.path.join("tests", "helpers", "multihost.py")
+  if placement == "records":
+    from tests.helpers import multihost
+    multihost.write_records(str(tmp_path / "run_records"))
   procs = [subprocess.Popen([sys.executable, script, str(tmp_path / "run"), placement],
                             cwd=REPO_ROOT, env=dict(env, JAX_PROCESS_ID=str(i)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
