@@ -197,14 +197,25 @@ class RecordImages:
   def __len__(self) -> int:
     return self.shape[0]
 
-  def _read(self, i: int) -> tuple[np.ndarray, int]:
+  def _read(self, i: int, record: bytes | None = None) -> tuple[np.ndarray, int]:
     i = self.first + int(i)
     where = f"record {i} of {self.name}"
-    try:
-      record = self._records()[i]
-    except Exception as e:  # noqa: BLE001  (a damaged chunk fails in the reader)
-      raise BadRecordError(f"{where} cannot be read ({type(e).__name__}: {e}).") from None
+    if record is None:
+      try:
+        record = self._records()[i]
+      except Exception as e:  # noqa: BLE001  (a damaged chunk fails in the reader)
+        raise BadRecordError(f"{where} cannot be read ({type(e).__name__}: {e}).") from None
     return decode_record(record, where, self.size, self.channels)
+
+  def _read_many(self, rows: np.ndarray) -> list[np.ndarray]:
+    """The images of rows, read in one call: array_record reads them in parallel, 12-24x
+    faster than one by one for a batch of 512 random records (bench/README.md, Streaming).
+    If that fails, one by one, to name the record that does."""
+    try:
+      found = self._records().__getitems__([self.first + int(i) for i in rows])
+    except Exception:  # noqa: BLE001
+      found = [None] * len(rows)
+    return [self._read(i, record)[0] for i, record in zip(rows, found)]
 
   def labels(self) -> np.ndarray:
     """Every record's label, by one pass over the records (when no labels file exists)."""
@@ -213,7 +224,7 @@ class RecordImages:
   def __getitem__(self, rows) -> np.ndarray:
     rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
             else np.asarray(rows))
-    images = [self._read(i)[0] for i in np.ravel(rows)]
+    images = self._read_many(np.ravel(rows))
     for i, image in zip(np.ravel(rows), images):
       if image.shape != self.shape[1:]:
         raise BadRecordError(

@@ -233,13 +233,25 @@ class DataSourceImages:
   def __len__(self) -> int:
     return len(self.source)
 
-  def _read(self, i: int) -> np.ndarray:
-    return _as_hwc(self.source[int(i)][self.image_key], self.size)
+  def _read(self, i: int, example=None) -> np.ndarray:
+    from bigjax.data.records import BadRecordError
+    try:
+      example = self.source[int(i)] if example is None else example
+      return _as_hwc(example[self.image_key], self.size)
+    except Exception as e:  # noqa: BLE001  (a damaged record or image)
+      raise BadRecordError(f"example {int(i)} of the TFDS split cannot be read "
+                           f"({type(e).__name__}: {e}).") from None
 
   def __getitem__(self, rows) -> np.ndarray:
     rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
             else np.asarray(rows))
-    return np.stack([self._read(i) for i in np.ravel(rows)]).reshape(
+    flat = [int(i) for i in np.ravel(rows)]
+    try:  # in one call, read in parallel (as records.RecordImages does)
+      found = (self.source.__getitems__(flat) if hasattr(self.source, "__getitems__")
+               else [None] * len(flat))
+    except Exception:  # noqa: BLE001  (then one by one, to name the one that fails)
+      found = [None] * len(flat)
+    return np.stack([self._read(i, e) for i, e in zip(flat, found)]).reshape(
         *rows.shape, *self.shape[1:])
 
 
