@@ -89,7 +89,7 @@ class Prefetch:
   def _fill(self, batches: Iterator[dict]) -> None:
     try:
       for batch in batches:
-        skipped = batch.pop(SKIPPED, 0)
+        skipped = batch.pop(SKIPPED, 0) if isinstance(batch, dict) else 0  # (or one array)
         if skipped:
           self.skipped += skipped
           logging.warning("skipped %d unreadable example(s) in a batch (%d so far; "

@@ -112,8 +112,8 @@ def worker_batches(images, labels, rows: np.ndarray, mask: np.ndarray | None = N
   batch = None
   try:
     for batch in iterator:
-      # Batches arrive in grain's shared memory (a pipe would cost ~5x a copy for 224x224
-      # batches; bench/streaming.py): copied out so that the block is freed now.
+      # Batches arrive in grain's shared memory (29 ms with this copy for a 19.3 MB batch,
+      # a pipe 55 ms; bench/streaming.py): copied out so that the block is freed now.
       yield {key: np.array(value) for key, value in batch.items()}
       batch = None
   finally:
