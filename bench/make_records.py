@@ -20,6 +20,12 @@ large the folder), for the streaming benchmarks:
 
 --encode: raw (uint8 pixels as they are; the fastest to read), png or jpeg (smaller, decoded
 by the reading workers).
+
+From a text-classification config (source text_classification or tfds_text_classification):
+the texts as they are, untokenized, with their labels and the config's train/test split; a
+run tokenizes them as it reads them, with its own config.data.tokenizer:
+
+  python -m bench.make_records --config=configs/fortunes_bert.py --out=data/fortunes_records
 """
 
 from __future__ import annotations
@@ -105,6 +111,22 @@ def file_examples(pairs):
       yield f.read(), label
 
 
+def text_splits(data_config) -> tuple[dict, list[str]]:
+  """{split: (texts, labels)} and the class names of a text-classification data config, as
+  its source splits them (the same held-out test texts)."""
+  if data_config.source == "text_classification":
+    train, test, names = sources.labelled_texts(data_config)
+    return {"train": train, "test": test}, names
+  splits = {}
+  for split in ("train_split", "test_split"):
+    texts, labels, names = sources.tfds_source.load_tfds_text_classification(
+        data_config.name, data_config[split], data_config.data_dir or None,
+        data_config.download, data_config.get("text_column", "text"),
+        data_config.get("label_column", "label"))
+    splits[split[:-len("_split")]] = (texts, labels)
+  return splits, names
+
+
 def main(_):
   t0 = time.perf_counter()
   if FLAGS.folder:
@@ -121,10 +143,16 @@ def main(_):
         for split, n, seed in (("train", FLAGS.synthetic, 0),
                                ("test", max(FLAGS.synthetic // 10, 1), 1))}
     records.write_info(FLAGS.out, [str(c) for c in range(FLAGS.num_classes)], shape, counts)
+  elif FLAGS.config is None:
+    raise app.UsageError("Give --config=configs/x.py (its data), --folder=PATH or "
+                         "--synthetic=N.")
+  elif FLAGS.config.data.source in ("text_classification", "tfds_text_classification"):
+    splits, names = text_splits(FLAGS.config.data)
+    counts = {name: records.write_split(FLAGS.out, name, zip(texts, labels),
+                                        FLAGS.shard_size, FLAGS.compression)
+              for name, (texts, labels) in splits.items()}
+    records.write_info(FLAGS.out, names, None, counts, pixel_max=0.0, kind="texts")
   else:
-    if FLAGS.config is None:
-      raise app.UsageError("Give --config=configs/x.py (its data), --folder=PATH or "
-                           "--synthetic=N.")
     raw = sources.load_raw(FLAGS.config.data)
     splits = {"train": (raw.train_inputs, raw.train_targets),
               "test": (raw.test_inputs, raw.test_targets)}

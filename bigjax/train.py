@@ -38,6 +38,7 @@ from bigjax.training import validate
 from bigjax.training.preemption import Interrupted  # noqa: F401 (Interrupted: for callers)
 from bigjax.training.preemption import SaveOnSignal
 from bigjax.training.programs import Programs
+from bigjax.training.programs import with_kept_tokenizer
 
 logging = py_logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   signals = SaveOnSignal()  # from here a signal ends the run cleanly (exit 128+signal)
   signals.install()
   try:
-    programs = Programs(config)
+    # (a resumed run tokenizes with the tokenizer its start trained and kept)
+    programs = Programs(with_kept_tokenizer(config, workdir) if manager.latest_step()
+                        is not None else config)
     epoch_splits = programs.split_names(config.eval.every_epoch, "config.eval.every_epoch")
     final_splits = programs.split_names(config.eval.at_end, "config.eval.at_end")
     if getattr(programs.loss_fn, "compares_embeddings", False) and (epoch_splits or

@@ -153,13 +153,14 @@ def evaluate(config, workdir: str, mode: str, step: str | int = "latest",
   import os
   from bigjax.outputs.logs import write_json
   from bigjax.training.programs import Programs
+  from bigjax.training.programs import with_kept_tokenizer
   rules(mode)  # (an unknown mode fails before anything loads)
   predictor = portable.load(workdir, config, step)
   if predictor.spec["task"] != "classification":
     raise ConfigError(f"--mode=quantize scores classifiers; this run's task is "
                       f"{predictor.spec['task']}. --mode=export --quantize={mode} still "
                       "writes its quantized model.")
-  programs = Programs(config)
+  programs = Programs(with_kept_tokenizer(config, workdir))
   quantized, in_float = quantize(predictor, mode, calibration_inputs(
       programs, calibration_examples) if mode == "static" else None)
   results: dict[str, Any] = {

@@ -1,17 +1,19 @@
-"""Image datasets as array_record files, read one record at a time: data larger than memory.
+"""Datasets as array_record files, read one record at a time: data larger than memory.
 
 A records folder (config.data.source="array_record") holds, per split, `<split>.array_record`
 (or shards `<split>-00000-of-00004.array_record`, ...), and `info.json`:
 
-  {"format": "bigjax-records/1", "class_names": [...], "image_shape": [H, W, C],
-   "pixel_max": 255, "splits": {"train": 60000, "test": 10000}}
+  {"format": "bigjax-records/1", "kind": "images" | "texts", "class_names": [...],
+   "image_shape": [H, W, C] | null, "pixel_max": 255, "splits": {"train": 60000, ...}}
 
-Each record is a msgpack map {"image": bytes, "shape": [H, W, C] | None, "label": int}:
+An image record is a msgpack map {"image": bytes, "shape": [H, W, C] | None, "label": int}:
 raw uint8 pixels of that shape, or (shape None) an encoded image file (PNG, JPEG, ...),
-decoded when read. `<split>.labels.npy` keeps every label, so a run knows the classes and
-counts without reading the images; records written elsewhere without it get one made by a
-pass over the records. array_record (Google's format for grain and TFDS) gives random
-access by index, which the epoch's global shuffle needs.
+decoded when read. A text record is {"text": str, "label": int}, tokenized when read (by
+the run's tokenizer, in the reading worker), so a corpus is never tokenized whole.
+`<split>.labels.npy` keeps every label, so a run knows the classes and counts without
+reading the records; records written elsewhere without it get one made by a pass over them.
+array_record (Google's format for grain and TFDS) gives random access by index, which the
+epoch's global shuffle needs.
 
 Nothing here imports jax: the reading runs in grain's worker processes too.
 """
@@ -50,9 +52,11 @@ def _need_array_record():
   return array_record_module
 
 
-def encode_record(image: np.ndarray | bytes, label: int) -> bytes:
-  """One record: raw uint8 pixels [H, W, C], or the bytes of an image file."""
+def encode_record(image: np.ndarray | bytes | str, label: int) -> bytes:
+  """One record: raw uint8 pixels [H, W, C], the bytes of an image file, or a text."""
   import msgpack
+  if isinstance(image, str):
+    return msgpack.packb({"text": image, "label": int(label)})
   if isinstance(image, (bytes, bytearray)):
     return msgpack.packb({"image": bytes(image), "shape": None, "label": int(label)})
   image = np.asarray(image)
@@ -87,9 +91,21 @@ def decode_record(record: bytes, where: str, size: Sequence[int] | None = None,
   return image, label
 
 
-def write_split(folder: str, split: str, examples: Iterable[tuple[np.ndarray | bytes, int]],
+def decode_text_record(record: bytes, where: str) -> tuple[str, int]:
+  """(text, label) of one text record."""
+  import msgpack
+  try:
+    fields = msgpack.unpackb(record)
+    return str(fields["text"]), int(fields["label"])
+  except Exception as e:  # noqa: BLE001  (any damage: truncated, not msgpack, no text)
+    raise BadRecordError(f"{where} cannot be read as a text ({type(e).__name__}: {e}).") \
+        from None
+
+
+def write_split(folder: str, split: str,
+                examples: Iterable[tuple[np.ndarray | bytes | str, int]],
                 shard_size: int = 0, compression: str = "uncompressed") -> int:
-  """Writes (image, label) pairs as `folder/<split>*.array_record` plus its labels file;
+  """Writes (image or text, label) pairs as `folder/<split>*.array_record` plus its labels file;
   returns the count. shard_size > 0 starts a new file every that many records.
   compression: array_record's ("uncompressed", "zstd:3", "brotli:6", ...). Uncompressed
   by default: JPEG/PNG bytes and photos' raw pixels barely compress, and it reads 1.5x
@@ -120,9 +136,10 @@ def write_split(folder: str, split: str, examples: Iterable[tuple[np.ndarray | b
 
 
 def write_info(folder: str, class_names: Sequence[str], image_shape: Sequence[int] | None,
-               counts: dict[str, int], pixel_max: float = 255.0) -> None:
+               counts: dict[str, int], pixel_max: float = 255.0, kind: str = "images") -> None:
+  """info.json; kind "texts" for text records (image_shape None, pixel_max 0: tokens)."""
   with open(os.path.join(folder, INFO), "w") as f:
-    json.dump({"format": FORMAT, "class_names": list(class_names),
+    json.dump({"format": FORMAT, "kind": kind, "class_names": list(class_names),
                "image_shape": None if image_shape is None else list(image_shape),
                "pixel_max": float(pixel_max), "splits": counts}, f, indent=1)
 
@@ -161,28 +178,21 @@ def read_info(folder: str) -> dict:
     info = json.load(f)
   if info.get("format") != FORMAT:
     raise ConfigError(f"{path}: format {info.get('format')!r}, expected {FORMAT!r}.")
+  info.setdefault("kind", "images")  # (folders written before texts could be records)
   return info
 
 
-class RecordImages:
-  """The images of one split's array_record files, decoded on demand (an array-like
-  [N, H, W, C] uint8). Picklable: a worker process opens the files itself."""
+class _Records:
+  """A contiguous range of one split's array_record records, read on demand. Picklable: a
+  worker process opens the files itself."""
 
-  dtype = np.dtype(np.uint8)
-
-  def __init__(self, paths: Sequence[str], size: Sequence[int] | None = None,
-               channels: int = 0, shape: Sequence[int] | None = None, name: str = "",
-               rows: slice = slice(None)):
-    self.paths, self.size, self.channels = list(paths), size, channels
+  def __init__(self, paths: Sequence[str], name: str = "", rows: slice = slice(None)):
+    self.paths = list(paths)
     self.name = name or os.path.dirname(self.paths[0])
     self._source = None
     # A contiguous range of the files' records (a split string such as train[:80%]).
     self.first, stop, _ = rows.indices(len(self._records()))
-    count = max(stop - self.first, 0)
-    if shape is None or size:
-      shape = self._read(0)[0].shape if count else tuple(size or ()) + (channels or 1,)
-    self.shape = (count, *shape)
-    self.ndim = len(self.shape)
+    self.count = max(stop - self.first, 0)
 
   def _records(self):
     if self._source is None:
@@ -195,36 +205,61 @@ class RecordImages:
     return dict(self.__dict__, _source=None)
 
   def __len__(self) -> int:
-    return self.shape[0]
+    return self.count
 
-  def _read(self, i: int, record: bytes | None = None) -> tuple[np.ndarray, int]:
-    i = self.first + int(i)
-    where = f"record {i} of {self.name}"
-    if record is None:
-      try:
-        record = self._records()[i]
-      except Exception as e:  # noqa: BLE001  (a damaged chunk fails in the reader)
-        raise BadRecordError(f"{where} cannot be read ({type(e).__name__}: {e}).") from None
-    return decode_record(record, where, self.size, self.channels)
+  def _where(self, i: int) -> str:
+    return f"record {self.first + int(i)} of {self.name}"
 
-  def _read_many(self, rows: np.ndarray) -> list[np.ndarray]:
-    """The images of rows, read in one call: array_record reads them in parallel, 12-24x
-    faster than one by one for a batch of 512 random records (bench/README.md, Streaming).
-    If that fails, one by one, to name the record that does."""
+  def _record(self, i: int) -> bytes:
+    try:
+      return self._records()[self.first + int(i)]
+    except Exception as e:  # noqa: BLE001  (a damaged chunk fails in the reader)
+      raise BadRecordError(f"{self._where(i)} cannot be read ({type(e).__name__}: {e}).") \
+          from None
+
+  def _decoded(self, rows: np.ndarray, decode) -> list:
+    """decode(record, i) of each of rows, the records read in one call: array_record reads
+    them in parallel, 12-24x faster than one by one for a batch of 512 random records
+    (bench/README.md, Streaming). If that fails, one by one, to name the record that does."""
     try:
       found = self._records().__getitems__([self.first + int(i) for i in rows])
     except Exception:  # noqa: BLE001
       found = [None] * len(rows)
-    return [self._read(i, record)[0] for i, record in zip(rows, found)]
+    return [decode(self._record(i) if record is None else record, i)
+            for i, record in zip(rows, found)]
+
+  @staticmethod
+  def _rows(rows, n: int) -> np.ndarray:
+    return np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.asarray(rows)
+
+
+class RecordImages(_Records):
+  """The images of one split's array_record files, decoded on demand (an array-like
+  [N, H, W, C] uint8)."""
+
+  dtype = np.dtype(np.uint8)
+
+  def __init__(self, paths: Sequence[str], size: Sequence[int] | None = None,
+               channels: int = 0, shape: Sequence[int] | None = None, name: str = "",
+               rows: slice = slice(None)):
+    super().__init__(paths, name, rows)
+    self.size, self.channels = size, channels
+    if shape is None or size:
+      shape = self._read(0)[0].shape if self.count else tuple(size or ()) + (channels or 1,)
+    self.shape = (self.count, *shape)
+    self.ndim = len(self.shape)
+
+  def _read(self, i: int, record: bytes | None = None) -> tuple[np.ndarray, int]:
+    record = self._record(i) if record is None else record
+    return decode_record(record, self._where(i), self.size, self.channels)
 
   def labels(self) -> np.ndarray:
     """Every record's label, by one pass over the records (when no labels file exists)."""
     return np.asarray([self._read(i)[1] for i in range(len(self))], np.int32)
 
   def __getitem__(self, rows) -> np.ndarray:
-    rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
-            else np.asarray(rows))
-    images = self._read_many(np.ravel(rows))
+    rows = self._rows(rows, len(self))
+    images = self._decoded(np.ravel(rows), lambda record, i: self._read(i, record)[0])
     for i, image in zip(np.ravel(rows), images):
       if image.shape != self.shape[1:]:
         raise BadRecordError(
@@ -232,6 +267,50 @@ class RecordImages:
             f"{self.shape[1:]} as the first does; set config.data.image_size=H,W.")
     return np.stack(images).reshape(*rows.shape, *self.shape[1:]) if images else \
         np.zeros((*rows.shape, *self.shape[1:]), np.uint8)
+
+
+class RecordTexts(_Records):
+  """The texts of one split's array_record files as token sequences [N, seq_len] int32,
+  tokenized as read (`tokenized` sets the tokenizer: a text_classification tokenizer, whose
+  encode(texts, seq_len) cuts and pads). Texts longer than seq_len are cut."""
+
+  dtype = np.dtype(np.int32)
+  ndim = 2
+
+  def __init__(self, paths: Sequence[str], name: str = "", rows: slice = slice(None)):
+    super().__init__(paths, name, rows)
+    self.tokenizer, self.seq_len = None, 0
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.count, self.seq_len)
+
+  @property
+  def top_token(self) -> int:
+    """The largest id a text can become (the vocabulary check reads no text)."""
+    return self.tokenizer.vocab_size - 1 if self.tokenizer is not None else 0
+
+  def tokenized(self, tokenizer, seq_len: int) -> "RecordTexts":
+    import copy
+    out = copy.copy(self)
+    out.tokenizer, out.seq_len = tokenizer, int(seq_len)
+    return out
+
+  def texts(self, rows) -> list[str]:
+    rows = self._rows(rows, len(self))
+    return self._decoded(np.ravel(rows), lambda record, i: decode_text_record(
+        record, self._where(i))[0])
+
+  def labels(self) -> np.ndarray:
+    return np.asarray([decode_text_record(self._record(i), self._where(i))[1]
+                       for i in range(len(self))], np.int32)
+
+  def __getitem__(self, rows) -> np.ndarray:
+    if self.tokenizer is None:
+      raise ValueError(f"{self.name}: texts, not yet tokenized (RecordTexts.tokenized).")
+    rows = self._rows(rows, len(self))
+    tokens, _ = self.tokenizer.encode(self.texts(rows), self.seq_len)
+    return tokens.reshape(*rows.shape, self.seq_len)
 
 
 def _split_range(split: str) -> tuple[str, str, str]:
@@ -250,20 +329,21 @@ def _bound(text: str, n: int) -> int | None:
 
 
 def open_split(folder: str, split: str, size=None, channels: int = 0
-               ) -> tuple[RecordImages, np.ndarray]:
-  """(lazily read images, labels int32 [N]) of one split of a records folder; `split` may
-  select a contiguous range as TFDS's split strings do (train[:80%], train[80%:])."""
+               ) -> tuple[RecordImages | RecordTexts, np.ndarray]:
+  """(lazily read images or texts, labels int32 [N]) of one split of a records folder;
+  `split` may select a contiguous range as TFDS's split strings do (train[:80%],
+  train[80%:]). Texts come untokenized (RecordTexts.tokenized)."""
   split, start, stop = _split_range(split)
   paths = split_files(folder, split)
   if not paths:
     raise ConfigError(f'{folder} has no "{split}" split ({split}.array_record). Splits '
                       f"there: {', '.join(sorted(_split_names(folder))) or 'none'}.")
   info = read_info(folder)
-  total = int((info.get("splits") or {}).get(split, 0)) or len(
-      RecordImages(paths, size, channels, info.get("image_shape")))
+  total = int((info.get("splits") or {}).get(split, 0)) or len(_Records(paths))
   rows = slice(_bound(start, total), _bound(stop, total))
-  images = RecordImages(paths, size, channels, info.get("image_shape"),
-                        name=f'the "{split}" split of {folder}', rows=rows)
+  name = f'the "{split}" split of {folder}'
+  images = (RecordTexts(paths, name, rows) if info["kind"] == "texts" else
+            RecordImages(paths, size, channels, info.get("image_shape"), name, rows))
   if not len(images):
     raise ConfigError(f'The split string "{split}[{start}:{stop}]" selects no record of '
                       f"{folder}'s {total:,}.")

@@ -244,7 +244,37 @@ def load_array_record(data_config: Mapping[str, Any]) -> RawData:
                 _names_for(num_classes, names))
   if records.split_files(folder, "validation"):
     raw.validation_inputs, raw.validation_targets = read("validation")
+  if info["kind"] == "texts":
+    _tokenize_as_read(raw, data_config)
   return raw
+
+
+TOKENIZER_TEXTS = 100_000  # a trained tokenizer of streamed texts learns at most this many
+
+
+def _tokenize_as_read(raw: RawData, data_config: Mapping[str, Any]) -> None:
+  """Text records: each split tokenized batch by batch as it is read (in the reading
+  workers), by config.data.tokenizer; a trained one ("wordpiece:N", "bpe:N") learns the
+  first TOKENIZER_TEXTS training texts."""
+  from bigjax.data import text_classification as tc
+  spec = data_config.get("tokenizer", "bytes") or "bytes"
+  seq_len = int(data_config.get("seq_len", 128))
+  learn = min(len(raw.train_inputs), TOKENIZER_TEXTS)
+  trained = spec.startswith(("wordpiece:", "bpe:"))
+  if trained and learn < len(raw.train_inputs):
+    logging.info("the %s tokenizer learns the first %d of %d training texts", spec, learn,
+                 len(raw.train_inputs))
+  tokenizer = tc.tokenizer_for(spec, raw.train_inputs.texts(range(learn)) if trained else ())
+  sample = raw.train_inputs.texts(range(min(len(raw.train_inputs), 1000)))
+  cut = tokenizer.encode(sample, seq_len)[1]
+  if cut:
+    logging.info("%d of the first %d training texts are longer than seq_len=%d tokens: "
+                 "texts are cut as they are read", cut, len(sample), seq_len)
+  raw.pixel_max, raw.tokenizer = 0.0, _saved(tokenizer)
+  raw.train_inputs = raw.train_inputs.tokenized(tokenizer, seq_len)
+  raw.test_inputs = raw.test_inputs.tokenized(tokenizer, seq_len)
+  if raw.validation_inputs is not None:
+    raw.validation_inputs = raw.validation_inputs.tokenized(tokenizer, seq_len)
 
 
 @register_source("digits")
@@ -316,6 +346,19 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
   records such as Debian's fortunes) as tokens [N, seq_len] and class labels; test_fraction
   held out at random (seeded by split_seed). bigjax/data/text_classification.py."""
   from bigjax.data import text_classification as tc
+  (train_texts, train_y), (test_texts, test_y), classes = labelled_texts(data_config)
+  tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
+                               train_texts)  # (a trained one: train texts only)
+  seq_len = int(data_config.get("seq_len", 128))
+  return RawData(tc.tokenize(train_texts, tokenizer, seq_len), train_y,
+                 tc.tokenize(test_texts, tokenizer, seq_len), test_y, 0.0, classes,
+                 tokenizer=_saved(tokenizer))
+
+
+def labelled_texts(data_config: Mapping[str, Any]):
+  """((train texts, labels), (test texts, labels), class names) of a text_classification
+  config, before tokenization (bench/make_records.py writes them as records)."""
+  from bigjax.data import text_classification as tc
   texts, names = tc.read_texts(
       data_config.get("path") or "", data_config.get("text_column", "text"),
       data_config.get("label_column", "label"), data_config.get("record_separator", "%"),
@@ -339,11 +382,8 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
   train_i, train_y, test_i, test_y = hold_out_test(
       np.arange(len(texts)), labels, data_config.get("test_fraction", 0.2),
       data_config["split_seed"])
-  tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
-                               [texts[i] for i in train_i])  # (a trained one: train texts)
-  tokens = tc.tokenize(texts, tokenizer, int(data_config.get("seq_len", 128)))
-  return RawData(tokens[train_i], train_y, tokens[test_i], test_y, 0.0, classes,
-                 tokenizer=_saved(tokenizer))
+  return (([texts[i] for i in train_i], train_y), ([texts[i] for i in test_i], test_y),
+          classes)
 
 
 def _saved(tokenizer) -> str | None:

@@ -18,6 +18,7 @@ from bigjax.outputs.logs import write_json
 from bigjax.train import _is_writer
 from bigjax.training import checkpoint
 from bigjax.training.programs import Programs
+from bigjax.training.programs import with_kept_tokenizer
 
 logging = py_logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
   """(programs, train state, step) of a workdir's checkpoint: "latest", "best" or a step."""
   workdir = os.path.abspath(workdir)
   checkpoint.require(workdir, step)
-  programs = Programs(config)
+  programs = Programs(with_kept_tokenizer(config, workdir))
   state, _, chosen = checkpoint.read(workdir, step, programs.initial_state,
                                      input_channels=programs.data.train.inputs.shape[-1])
   folder = checkpoint.checkpoint_dir(workdir, checkpoint.BEST if step == "best"

@@ -120,7 +120,9 @@ def export(config, workdir: str, step: str | int = "latest", out_dir: str | None
     calibration = None
     if quantize == "static":  # needs the training data, for the activation scales
       from bigjax.training.programs import Programs
-      calibration = quantization.calibration_inputs(Programs(config), calibration_examples)
+      from bigjax.training.programs import with_kept_tokenizer
+      calibration = quantization.calibration_inputs(
+          Programs(with_kept_tokenizer(config, workdir)), calibration_examples)
     predictor, _ = quantization.quantize(predictor, quantize, calibration)
   return write_folder(predictor, workdir, out_dir or os.path.join(workdir, "export"), onnx)
 

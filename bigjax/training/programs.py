@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging as py_logging
+import os
 import time
 from typing import Any, Iterator
 
@@ -343,7 +344,7 @@ class Programs:
                                            np.zeros(shape, np.int32))
     if self.strategy == "host":  # a batch already on the device
       batch_spec = {"image": jax.ShapeDtypeStruct((self.batch_size, *images.shape[1:]),
-                                                  np.float32),
+                                                  images.dtype),  # (float32; tokens int32)
                     "label": jax.ShapeDtypeStruct((self.batch_size, *labels.shape[1:]),
                                                   labels.dtype)}
       return self._train_fns["host"].lower(state_spec, batch_spec)
@@ -526,6 +527,24 @@ class Programs:
   def probabilities(self, state: TrainState, images: jax.Array) -> np.ndarray:
     """Softmax class probabilities [N, C] for model-ready images [N, H, W, C]."""
     return metrics_lib.softmax_probabilities(self.outputs(state, images))
+
+
+def with_kept_tokenizer(config: ml_collections.ConfigDict, workdir: str
+                        ) -> ml_collections.ConfigDict:
+  """The config of a saved run's data, tokenized with the tokenizer.json that run trained
+  (config.data.tokenizer="wordpiece:N" or "bpe:N"), never a newly trained one: `tokenizers`
+  does not train the same WordPiece vocabulary twice from the same texts
+  (huggingface/tokenizers#1794), and other ids would index other embedding rows."""
+  spec = str(config.data.get("tokenizer", "") or "")
+  kept = os.path.join(workdir, "tokenizer.json")
+  if not spec.startswith(("wordpiece:", "bpe:")) or not os.path.isfile(kept):
+    return config
+  logging.info("tokenizing with the run's own %s (trained as %s when it started)", kept,
+               spec)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.tokenizer = kept
+  return config
 
 
 def _fix_evaluation_masks(data, data_config, vocab_size: int) -> None:

@@ -76,6 +76,10 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   if vocab and data.is_tokens:
     top = max([int(np.max(np.asarray(split.inputs))) for split in data.splits().values()
                if len(split) and not isinstance(split.inputs, LazyImages)] or [0])
+    # Streamed texts are tokenized as read: their tokenizer's vocabulary bounds the ids.
+    top = max([top] + [int(getattr(split.inputs.raw, "top_token", 0))
+                       for split in data.splits().values()
+                       if isinstance(split.inputs, LazyImages)])
     if top >= vocab:
       raise ConfigError(
           f"The data holds token ids up to {top}, but the model's vocabulary is "

@@ -306,3 +306,105 @@ def test_a_streamed_image_folder_trains_as_the_whole_one(tmp_path):
       c.data.update(source="folder", placement=placement)
     runs[placement] = train.run(c, str(tmp_path / placement))["test_loss"]
   assert runs["host"] == pytest.approx(runs["device"], rel=1e-6)
+
+
+def _text_corpus(root) -> str:
+  """Two categories of 60 short texts each, one file per category (fortune's layout)."""
+  rng = np.random.default_rng(0)
+  words = {"space": ["orbit", "rocket", "planet", "star", "moon"],
+           "kitchen": ["bread", "butter", "spoon", "soup", "salt"]}
+  folder = root / "texts"
+  folder.mkdir(exist_ok=True)
+  for name, vocabulary in words.items():
+    (folder / name).write_text("\n%\n".join(" ".join(rng.choice(vocabulary, 6))
+                                            for _ in range(60)))
+  return str(folder)
+
+
+def _text_config(corpus, **overrides):
+  from configs import fortunes_bert
+  config = fortunes_bert.get_config("small")
+  with config.unlocked():
+    config.data.update(path=corpus, categories=("space", "kitchen"))
+    config.model.num_classes = 2
+    config.train.update(num_epochs=2, steps_per_call=1)
+    config.report.update(plots=False, html=False, tensorboard=False)
+    config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_text_records_hold_the_texts_and_read_as_their_tokens(tmp_path):
+  """bench/make_records.py from a text-classification config: the texts untokenized, the
+  source's own train/test split; read back, each split tokenized as read gives the tokens
+  of the whole, in-memory source, with the same tokenizer (a trained one too)."""
+  config = _text_config(_text_corpus(tmp_path))
+  folder = str(tmp_path / "text_records")
+  proc = subprocess.run([sys.executable, "-m", "bench.make_records",
+                         "--config=configs/fortunes_bert.py:small",
+                         f"--config.data.path={config.data.path}",
+                         "--config.data.categories=('space','kitchen')", f"--out={folder}"],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  info = records.read_info(folder)
+  assert info["kind"] == "texts" and info["class_names"] == ["space", "kitchen"]
+  assert info["splits"] == {"train": 96, "test": 24}
+  texts, labels = records.open_split(folder, "train")
+  assert isinstance(texts, records.RecordTexts) and len(texts) == 96
+  assert all(t.split()[0] in ("orbit", "rocket", "planet", "star", "moon", "bread", "butter",
+                              "spoon", "soup", "salt") for t in texts.texts([0, 50, 95]))
+  with pytest.raises(ValueError, match="not yet tokenized"):
+    texts[[0]]
+  for tokenizer in ("bytes", "bpe:300"):
+    whole = sources.load_raw(dict(config.data, tokenizer=tokenizer))
+    streamed = sources.load_raw(dict(config.data, tokenizer=tokenizer, source="array_record",
+                                     path=folder))
+    assert streamed.class_names == whole.class_names and streamed.pixel_max == 0
+    assert streamed.tokenizer == whole.tokenizer
+    for split in ("train", "test"):
+      lazy, tokens = getattr(streamed, f"{split}_inputs"), getattr(whole, f"{split}_inputs")
+      assert lazy.shape == tokens.shape == (len(tokens), 32) and lazy.dtype == np.int32
+      np.testing.assert_array_equal(lazy[np.arange(len(lazy))], tokens)
+      np.testing.assert_array_equal(getattr(streamed, f"{split}_targets"),
+                                    getattr(whole, f"{split}_targets"))
+    # The reader and its tokenizer travel to a worker process.
+    again = pickle.loads(pickle.dumps(streamed.train_inputs))
+    np.testing.assert_array_equal(again[[[3, 1], [0, 2]]],
+                                  whole.train_inputs[[[3, 1], [0, 2]]])
+
+
+def test_streamed_texts_must_fit_the_models_vocabulary(tmp_path):
+  corpus = _text_config(_text_corpus(tmp_path)).data
+  folder = str(tmp_path / "text_records")
+  (train_x, train_y), (test_x, test_y), names = sources.labelled_texts(corpus)
+  for split, texts, labels in (("train", train_x, train_y), ("test", test_x, test_y)):
+    records.write_split(folder, split, zip(texts, labels))
+  records.write_info(folder, names, None, {"train": len(train_x), "test": len(test_x)},
+                     pixel_max=0.0, kind="texts")
+  config = _text_config(corpus.path, **{"model.vocab_size": 100, "data.source": "array_record",
+                                        "data.path": folder, "data.placement": "host"})
+  with pytest.raises(ConfigError, match=r"token ids up to 259, but the model's vocabulary is "
+                     r"config.model.vocab_size=100"):
+    train.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "config.json")  # (checked before it is kept)
+  assert not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_streamed_text_records_train_exactly_as_the_texts_in_memory(tmp_path):
+  corpus = _text_corpus(tmp_path)
+  folder = str(tmp_path / "text_records")
+  (train_x, train_y), (test_x, test_y), names = sources.labelled_texts(
+      _text_config(corpus).data)
+  for split, texts, labels in (("train", train_x, train_y), ("test", test_x, test_y)):
+    records.write_split(folder, split, zip(texts, labels))
+  records.write_info(folder, names, None, {"train": len(train_x), "test": len(test_x)},
+                     pixel_max=0.0, kind="texts")
+  whole = train.run(_text_config(corpus), str(tmp_path / "whole"))
+  streamed = train.run(_text_config(corpus, **{
+      "data.source": "array_record", "data.path": folder, "data.placement": "host",
+      "data.worker_count": 1}), str(tmp_path / "streamed"))
+  assert streamed["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
+  assert streamed["metrics"]["test"]["count"] == 24
+  a = checkpoint.latest_params(str(tmp_path / "whole"))[1]
+  b = checkpoint.latest_params(str(tmp_path / "streamed"))[1]
+  jax.tree.map(np.testing.assert_allclose, a, b)

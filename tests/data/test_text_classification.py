@@ -174,3 +174,44 @@ def test_categories_select_labels_of_a_table_and_unknown_ones_are_named(tmp_path
   with pytest.raises(ConfigError, match=r"categories names \['x'\], which no text .* the "
                      r"labels are \['a', 'b', 'c'\]"):
     sources.SOURCES.get("text_classification")(dict(data, categories=("a", "x")))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_tokenizes_with_the_tokenizer_it_started_with(tmp_path, caplog):
+  """A trained tokenizer (wordpiece:N) is trained once, when a run starts, and kept as its
+  tokenizer.json: `tokenizers` does not train the same WordPiece vocabulary twice from the
+  same texts (huggingface/tokenizers#1794), so a resumed run, an evaluation or an export
+  that trained its own would feed the model other ids."""
+  import logging
+  import ml_collections
+  from bigjax import train
+  from bigjax.training.programs import with_kept_tokenizer
+  from configs import fortunes_bert
+  (tmp_path / "c").mkdir()
+  for name, word in (("ham", "bread"), ("spam", "rocket")):
+    (tmp_path / "c" / name).write_text("\n%\n".join(f"{word} number {i} of {3 * i}"
+                                                    for i in range(40)))
+  config = fortunes_bert.get_config("small")
+  with config.unlocked():
+    config.data.update(path=str(tmp_path / "c"), categories=("ham", "spam"),
+                       tokenizer="wordpiece:300")
+    config.model.update(num_classes=2, vocab_size=300)
+    config.train.update(num_epochs=1, steps_per_call=1)
+    config.report.update(plots=False, html=False, tensorboard=False)
+  workdir = str(tmp_path / "run")
+  assert with_kept_tokenizer(config, workdir) is config  # nothing kept yet
+  train.run(config, workdir)
+  kept = (tmp_path / "run" / "tokenizer.json").read_text()
+  assert with_kept_tokenizer(config, workdir).data.tokenizer == f"{workdir}/tokenizer.json"
+  assert config.data.tokenizer == "wordpiece:300"  # (a copy: the caller's config unchanged)
+  for spec in ("bytes", str(tmp_path / "given.json")):  # nothing trained: as given
+    other = ml_collections.ConfigDict({"data": {"tokenizer": spec}})
+    assert with_kept_tokenizer(other, workdir) is other
+  with config.unlocked():
+    config.train.num_epochs = 2
+  with caplog.at_level(logging.INFO):
+    results = train.run(config, workdir)
+  assert "resumed from step" in caplog.text
+  assert f"tokenizing with the run's own {workdir}/tokenizer.json" in caplog.text
+  assert (tmp_path / "run" / "tokenizer.json").read_text() == kept
+  assert results["metrics"]["test"]["count"] == 16
