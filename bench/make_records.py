@@ -26,6 +26,15 @@ the texts as they are, untokenized, with their labels and the config's train/tes
 run tokenizes them as it reads them, with its own config.data.tokenizer:
 
   python -m bench.make_records --config=configs/fortunes_bert.py --out=data/fortunes_records
+
+From a language model's corpus (source text or tfds_text): a tokens folder (not records:
+bigjax/data/token_files.py), the corpus read and tokenized a chunk at a time with the
+config's tokenizer (a trained one learns the training text first) into one
+token file, split by position as the source splits it; train from it with
+--config.data.source=tokens (windows of any seq_len are cut as batches need them):
+
+  python -m bench.make_records --config=configs/lm_tiny.py --config.data.path=corpus/ \\
+      --out=data/corpus_tokens   # "records": the tokens per split
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bigjax.data import records  # noqa: E402
 from bigjax.data import sources  # noqa: E402
+from bigjax.data import token_files  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A bigjax config whose data to write.")
 flags.DEFINE_string("out", None, "The records folder to write.", required=True)
@@ -152,6 +162,9 @@ def main(_):
                                         FLAGS.shard_size, FLAGS.compression)
               for name, (texts, labels) in splits.items()}
     records.write_info(FLAGS.out, names, None, counts, pixel_max=0.0, kind="texts")
+  elif FLAGS.config.data.source in ("text", "tfds_text"):  # a tokens folder
+    info = token_files.write_corpus(FLAGS.config.data, FLAGS.out)
+    counts = {name: stop - start for name, (_, start, stop) in info["splits"].items()}
   else:
     raw = sources.load_raw(FLAGS.config.data)
     splits = {"train": (raw.train_inputs, raw.train_targets),

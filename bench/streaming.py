@@ -11,6 +11,8 @@ and whether training waits on it. Each part appends its table to --out.
   python -m bench.make_records --config=configs/fashion_mnist.py --out=/tmp/fmnist_records
   python -m bench.streaming --part=wait --folders=/tmp/fmnist_records
 
+  python -m bench.streaming --part=text --corpus_gb=0.2,2 --steps=300
+
 memory: one epoch of a small MLP (64 hidden units, batch 512, 2 workers) trained by run.py on
   each folder (placement auto: host, the splits being larger than config.data.device_limit_gb),
   with the resident memory (RSS) of the run and its worker processes sampled every 0.2 s from
@@ -19,6 +21,11 @@ decode: examples/s reading and decoding the folder's train split in batches of 1
   calling thread (0 workers) and in 1 and 2 worker processes, then the random crop (padding
   16) and flip of the same batches as the driver does them, on the device, jitted; and the
   cost of a batch's trip from a worker: grain's shared memory (what bigjax uses) against a pipe.
+text: a language model's corpus larger than the in-memory path can hold, as a tokens folder
+  (--corpus_gb: fortunes repeated, each copy's lines shuffled, written to --tmp): the time
+  and peak memory of bench.make_records writing it (byte tokens), then of configs/lm_tiny.py
+  training --steps steps from it (source tokens, placement auto) and testing on 4,096
+  windows; and, for the smallest corpus, of the text source reading the same corpus whole.
 wait: the CNN (configs/fashion_mnist.py:cnn) and ResNet-20 (configs/fashion_mnist_resnet.py)
   trained --steps steps from the records with 1 worker: the seconds training waited on input,
   per step, against the step time.
@@ -65,6 +72,74 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     total += rss.get(p, 0)
     stack += children.get(p, [])
   return total, rss.get(pid, 0)
+
+
+def _peak_rss(args: list[str]) -> tuple[float, float, str]:
+  """(seconds, peak RSS of the process tree in bytes, stderr) of a command run in the repo."""
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  peak, start = 0, time.perf_counter()
+  while proc.poll() is None:
+    peak = max(peak, _tree_rss(proc.pid)[0])
+    time.sleep(0.2)
+  seconds = time.perf_counter() - start
+  out, err = proc.communicate()
+  if proc.returncode:
+    raise SystemExit(f"{' '.join(args[:4])} failed:\n{err[-3000:]}")
+  return seconds, peak, out + err
+
+
+def _corpus(path: str, size: int) -> None:
+  """Fortunes repeated to `size` bytes, each copy's lines in another order."""
+  from bigjax.data import text
+  lines = text.read_utf8(text.text_files("/usr/share/games/fortunes")).splitlines(True)
+  rng, written = np.random.default_rng(0), 0
+  with open(path, "wb") as f:
+    while written < size:
+      chunk = b"".join(lines[i] for i in rng.permutation(len(lines)))
+      f.write(chunk)
+      written += len(chunk)
+
+
+def text_corpus(sizes_gb: list[float], steps: int, tmp: str) -> str:
+  rows = []
+  for size in sizes_gb:
+    corpus, folder = os.path.join(tmp, f"corpus_{size}gb.txt"), os.path.join(tmp, "tokens")
+    _corpus(corpus, int(size * 1e9))
+    mb = os.path.getsize(corpus) / 1e6
+    write_s, write_peak, _ = _peak_rss([
+        sys.executable, "-m", "bench.make_records", "--config=configs/lm_tiny.py",
+        f"--config.data.path={corpus}", f"--out={folder}"])
+    runs = [("tokens", ["--config.data.source=tokens", f"--config.data.path={folder}",
+                        "--config.data.worker_count=1"])]
+    if size == min(sizes_gb):
+      runs.append(("text (whole)", [f"--config.data.path={corpus}"]))
+    for source, flags in runs:
+      with tempfile.TemporaryDirectory() as workdir:
+        seconds, peak, log = _peak_rss([
+            sys.executable, "run.py", "--config=configs/lm_tiny.py", *flags,
+            f"--config.train.num_steps={steps}", "--config.eval.every_epoch=",
+            "--config.eval.at_end=test", "--config.data.max_test_examples=4096",
+            "--config.checkpoint.best_metric=train/loss", "--config.report.plots=False",
+            "--config.report.html=False", f"--workdir={workdir}"])
+        with open(os.path.join(workdir, "results.json")) as f:
+          results = json.load(f)
+      placement = next((line.split("data placement: ")[1].split(" (")[0]
+                        for line in log.splitlines() if "data placement: " in line), "?")
+      written = (f"{write_s:.0f} s, {write_peak / 1e9:.2f} GB" if source == "tokens" else
+                 "(none)")
+      rows.append(f"| {mb:,.0f} MB | {source} | {written} | {placement} | {seconds:.0f} s | {peak / 1e9:.2f} GB | "
+                  f"{results['test_loss']:.3f} |")
+      print(rows[-1], flush=True)
+    os.remove(corpus)
+    subprocess.run(["rm", "-rf", folder], check=True)
+  return (f"A language model's corpus as a tokens folder: bench.make_records writing it (byte "
+          f"tokens), then configs/lm_tiny.py trained {steps} steps from it and tested on 4,096 "
+          f"windows; peak RSS of each process tree; {MACHINE}, 23 GiB RAM. The text source "
+          "reads the corpus whole: for the smallest corpus only.\n\n"
+          "| corpus | source | make_records: time, peak RSS | placement (logged) | run: wall "
+          "time | run: peak RSS | test loss |\n|---|---|---|---|---|---|---|\n"
+          + "\n".join(rows) + "\n")
 
 
 def _folder_bytes(folder: str) -> int:
@@ -234,8 +309,10 @@ def wait(folder: str, steps: int) -> str:
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--part", required=True, choices=("memory", "decode", "wait"))
-  parser.add_argument("--folders", required=True, help="records folder(s), comma-separated")
+  parser.add_argument("--part", required=True, choices=("memory", "decode", "wait", "text"))
+  parser.add_argument("--folders", default="", help="records folder(s), comma-separated")
+  parser.add_argument("--corpus_gb", default="0.2,2", help="text: corpus sizes, GB")
+  parser.add_argument("--tmp", default=tempfile.gettempdir(), help="text: where to write")
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=2)
@@ -248,6 +325,8 @@ def main():
   folders = args.folders.split(",")
   if args.part == "memory":
     text = memory(folders, args.workers, args.memory_steps)
+  elif args.part == "text":
+    text = text_corpus([float(s) for s in args.corpus_gb.split(",")], args.steps, args.tmp)
   elif args.part == "decode":
     text = decode(folders[0], args.batch_size, args.repeats)
   else:

@@ -223,8 +223,8 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   """Limits, splits and scales the raw arrays as the data config says."""
   # Splits are rows of the raw arrays, read (scaled, standardised) only when indexed: a
   # memory-mapped or streamed source is never copied whole.
-  train_x, train_y = raw.train_inputs, np.asarray(raw.train_targets)
-  test_x, test_y = raw.test_inputs, np.asarray(raw.test_targets)
+  train_x, train_y = raw.train_inputs, _targets(raw.train_targets)
+  test_x, test_y = raw.test_inputs, _targets(raw.test_targets)
   train_rows, test_rows = np.arange(len(train_y)), np.arange(len(test_y))
   class_names = list(raw.class_names)
   classes = tuple(data_config.get("classes") or ())
@@ -232,14 +232,14 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
     ((train_rows, train_y), (test_rows, test_y)), class_names = class_rows(
         [train_y, test_y], classes, class_names)
   else:
-    train_y, test_y = train_y.copy(), test_y.copy()
+    train_y, test_y = _rows_of(train_y, slice(None)), _rows_of(test_y, slice(None))
   # The small-run switch: the first N examples (a fixed, seed-independent subset).
   if data_config["max_train_examples"] > 0:
     train_rows, train_y = (train_rows[:data_config["max_train_examples"]],
-                           train_y[:data_config["max_train_examples"]])
+                           _rows_of(train_y, slice(data_config["max_train_examples"])))
   if data_config["max_test_examples"] > 0:
     test_rows, test_y = (test_rows[:data_config["max_test_examples"]],
-                         test_y[:data_config["max_test_examples"]])
+                         _rows_of(test_y, slice(data_config["max_test_examples"])))
 
   if raw.validation_inputs is not None:  # the source held out its own
     train_idx, val_idx = np.arange(len(train_y)), np.zeros(0, np.int64)
@@ -251,13 +251,13 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   if per_class and per_class > 0:  # few labels: N per class, chosen with split_seed
     train_idx = labels_per_class(train_y, train_idx, per_class, data_config["split_seed"])
   lazy = lambda x, rows: LazyImages(x, rows, raw.pixel_max)
-  train = Split(lazy(train_x, train_rows[train_idx]), train_y[train_idx])
-  validation = (Split(lazy(train_x, train_rows[val_idx]), train_y[val_idx])
+  train = Split(lazy(train_x, train_rows[train_idx]), _rows_of(train_y, train_idx))
+  validation = (Split(lazy(train_x, train_rows[val_idx]), _rows_of(train_y, val_idx))
                 if len(val_idx) else None)
   test = Split(lazy(test_x, test_rows), test_y)
   if raw.validation_inputs is not None:
     validation = Split(lazy(raw.validation_inputs, None),
-                       np.asarray(raw.validation_targets))
+                       _targets(raw.validation_targets))
 
   stats: dict = {"pixel_max": raw.pixel_max}
   if data_config["standardize"] and not raw.pixel_max:
@@ -274,8 +274,18 @@ def prepare(raw: RawData, data_config: Mapping[str, Any]) -> PreparedData:
   if placement == "device":  # in memory, then on the device
     for split in (train, validation, test):
       if split is not None:
-        split.inputs = np.asarray(split.inputs)
+        split.inputs, split.targets = np.asarray(split.inputs), np.asarray(split.targets)
   return PreparedData(train, validation, test, class_names, stats, raw.tokenizer, placement)
+
+
+def _targets(targets):
+  """A source's targets: an array, or (a token corpus's next-token windows) read lazily."""
+  return targets if hasattr(targets, "select") else np.asarray(targets)
+
+
+def _rows_of(targets, rows):
+  """targets[rows] as a copy, or, for lazy targets, as a selection still unread."""
+  return targets.select(rows) if hasattr(targets, "select") else targets[rows].copy()
 
 
 def model_ready_bytes(splits) -> int:

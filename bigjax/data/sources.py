@@ -332,12 +332,30 @@ def load_text(data_config: Mapping[str, Any]) -> RawData:
   if spec == "bytes":
     stream = _byte_tokens(data)
   else:  # a trained tokenizer sees the training text only (the text before the splits)
-    tokenizer = text.build_tokenizer(spec, data[:int(len(data) * (1 - sum(fractions)))])
+    learn = data[:int(len(data) * (1 - sum(fractions)))]  # (cut back to a whole character)
+    tokenizer = text.build_tokenizer(spec, learn.decode("utf-8", "ignore").encode("utf-8"))
     stream = text.encode_with(tokenizer, data.decode("utf-8"))
   train, validation, test = text.split_by_position(stream, *fractions)
   raw = _token_windows(train, validation, test, data_config)
   raw.tokenizer = tokenizer.to_str() if tokenizer is not None else None
   return raw
+
+
+@register_source("tokens")
+def load_tokens(data_config: Mapping[str, Any]) -> RawData:
+  """A tokens folder (`path`; python -m bench.make_records from a text or tfds_text config):
+  the corpus tokenized once, read by position, its windows of `seq_len` + 1 read as batches
+  index them; the splits and windows of the in-memory source. bigjax/data/token_files.py."""
+  from bigjax.data import token_files
+  folder = data_config.get("path") or ""
+  splits, tokenizer = token_files.open_splits(folder, int(data_config.get("seq_len", 128)))
+  spec = data_config.get("tokenizer", "bytes") or "bytes"
+  kept = token_files.read_info(folder)["tokenizer"]
+  if spec != kept and not os.path.isfile(os.path.expanduser(spec)):
+    logging.info("%s was tokenized with %s (config.data.tokenizer=%s does not apply)",
+                 folder, kept, spec)
+  validation = splits.get("validation", (None, None))
+  return RawData(*splits["train"], *splits["test"], 0.0, [], *validation, tokenizer=tokenizer)
 
 
 @register_source("text_classification")

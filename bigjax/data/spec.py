@@ -34,7 +34,7 @@ def _tfds_image_shape(data_config: Mapping[str, Any]) -> tuple | None:
 def example_input(data_config: Mapping[str, Any]) -> np.ndarray | None:
   """A zero example [1, ...] of the model's input; None where only the data can tell."""
   source = data_config["source"]
-  if source in ("text", "tfds_text"):
+  if source in ("text", "tfds_text", "tokens"):
     return np.zeros((1, int(data_config.get("seq_len", 128))), np.int32)
   size = tuple(data_config.get("image_size") or ())
   if source == "tfds":

@@ -76,7 +76,8 @@ def check_data(config: ml_collections.ConfigDict, data: PreparedData) -> None:
   if vocab and data.is_tokens:
     top = max([int(np.max(np.asarray(split.inputs))) for split in data.splits().values()
                if len(split) and not isinstance(split.inputs, LazyImages)] or [0])
-    # Streamed texts are tokenized as read: their tokenizer's vocabulary bounds the ids.
+    # Streamed tokens are never all read here: their source knows their largest id (texts
+    # tokenized as read: their tokenizer's vocabulary; a token corpus: its info.json).
     top = max([top] + [int(getattr(split.inputs.raw, "top_token", 0))
                        for split in data.splits().values()
                        if isinstance(split.inputs, LazyImages)])
