@@ -34,6 +34,11 @@ RECORDS = lambda tmp, name="bad_records": [
     "--config.data.placement=host", "--config.train.num_epochs=1"]
 
 
+LM = ["--config=configs/lm_tiny.py:small", *QUIET]
+TOKENS = lambda tmp: ["--config.data.source=tokens", f"--config.data.path={tmp}/tokens",
+                      "--config.data.placement=host"]
+
+
 def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
   """(what, run.py arguments, what a user should see: error | warning)."""
   w = lambda name: f"--workdir={tmp}/{name}"
@@ -112,6 +117,13 @@ def cases(tmp: str, trained: str) -> list[tuple[str, list[str], str]]:
                                        "--config.data.worker_count=64"], "warning"),
       ("negative worker_count", [*DIGITS, w("negative"), *RECORDS(tmp, "good_records"),
                                  "--config.data.worker_count=-1"], "error"),
+      ("tokens source given a records folder", [*LM, w("a"), "--config.data.source=tokens",
+                                                f"--config.data.path={tmp}/good_records"],
+       "error"),
+      ("tokens folder past the model's vocabulary", [*LM, w("a"), *TOKENS(tmp),
+                                                     "--config.model.vocab_size=100"], "error"),
+      ("tokens folder, seq_len longer than a split", [*LM, w("a"), *TOKENS(tmp),
+                                                      "--config.data.seq_len=100000"], "error"),
       ("contrastive backbone that is no image family",
        ["--config=configs/fashion_mnist_simclr.py:small", *QUIET, w("a"),
         "--config.model.backbone.name=gpt"], "error"),
@@ -177,6 +189,12 @@ def _records(tmp: str) -> None:
                        raw.pixel_max)
   os.makedirs(f"{tmp}/tfrecords")
   open(f"{tmp}/tfrecords/digits-train.tfrecord-00000-of-00001", "wb").close()
+  from bigjax.data import token_files  # a language model's corpus as a tokens folder
+  with open(f"{tmp}/corpus.txt", "w") as f:
+    f.write("".join(f"Line {i}: caf\u00e9 au lait, {i * i} times.\n" for i in range(3000)))
+  from configs import lm_tiny
+  token_files.write_corpus(dict(lm_tiny.get_config("small").data, path=f"{tmp}/corpus.txt"),
+                           f"{tmp}/tokens")
 
 
 def classify(proc: subprocess.CompletedProcess) -> tuple[str, str]:
