@@ -124,17 +124,10 @@ def file_examples(pairs):
 def text_splits(data_config) -> tuple[dict, list[str]]:
   """{split: (texts, labels)} and the class names of a text-classification data config, as
   its source splits them (the same held-out test texts)."""
-  if data_config.source == "text_classification":
-    train, test, names = sources.labelled_texts(data_config)
-    return {"train": train, "test": test}, names
-  splits = {}
-  for split in ("train_split", "test_split"):
-    texts, labels, names = sources.tfds_source.load_tfds_text_classification(
-        data_config.name, data_config[split], data_config.data_dir or None,
-        data_config.download, data_config.get("text_column", "text"),
-        data_config.get("label_column", "label"))
-    splits[split[:-len("_split")]] = (texts, labels)
-  return splits, names
+  read = (sources.labelled_texts if data_config.source == "text_classification" else
+          sources.tfds_labelled_texts)
+  train, test, names = read(data_config)
+  return {"train": train, "test": test}, names
 
 
 def main(_):

@@ -128,8 +128,8 @@ def text_corpus(sizes_gb: list[float], steps: int, tmp: str) -> str:
                         for line in log.splitlines() if "data placement: " in line), "?")
       written = (f"{write_s:.0f} s, {write_peak / 1e9:.2f} GB" if source == "tokens" else
                  "(none)")
-      rows.append(f"| {mb:,.0f} MB | {source} | {written} | {placement} | {seconds:.0f} s | {peak / 1e9:.2f} GB | "
-                  f"{results['test_loss']:.3f} |")
+      rows.append(f"| {mb:,.0f} MB | {source} | {written} | {placement} | {seconds:.0f} s | "
+                  f"{peak / 1e9:.2f} GB | {results['test_loss']:.3f} |")
       print(rows[-1], flush=True)
     os.remove(corpus)
     subprocess.run(["rm", "-rf", folder], check=True)

@@ -105,8 +105,8 @@ def decode_text_record(record: bytes, where: str) -> tuple[str, int]:
 def write_split(folder: str, split: str,
                 examples: Iterable[tuple[np.ndarray | bytes | str, int]],
                 shard_size: int = 0, compression: str = "uncompressed") -> int:
-  """Writes (image or text, label) pairs as `folder/<split>*.array_record` plus its labels file;
-  returns the count. shard_size > 0 starts a new file every that many records.
+  """Writes (image or text, label) pairs as `folder/<split>*.array_record` plus its labels
+  file; returns the count. shard_size > 0 starts a new file every that many records.
   compression: array_record's ("uncompressed", "zstd:3", "brotli:6", ...). Uncompressed
   by default: JPEG/PNG bytes and photos' raw pixels barely compress, and it reads 1.5x
   faster than brotli, array_record's default (bench/README.md, Streaming)."""

@@ -264,8 +264,9 @@ def _tokenize_as_read(raw: RawData, data_config: Mapping[str, Any]) -> None:
   if trained and learn < len(raw.train_inputs):
     logging.info("the %s tokenizer learns the first %d of %d training texts", spec, learn,
                  len(raw.train_inputs))
-  tokenizer = tc.tokenizer_for(spec, raw.train_inputs.texts(range(learn)) if trained else ())
-  sample = raw.train_inputs.texts(range(min(len(raw.train_inputs), 1000)))
+  first = raw.train_inputs.texts(range(learn if trained else min(learn, 1000)))
+  tokenizer = tc.tokenizer_for(spec, first if trained else ())
+  sample = first[:1000]
   cut = tokenizer.encode(sample, seq_len)[1]
   if cut:
     logging.info("%d of the first %d training texts are longer than seq_len=%d tokens: "
@@ -348,9 +349,9 @@ def load_tokens(data_config: Mapping[str, Any]) -> RawData:
   index them; the splits and windows of the in-memory source. bigjax/data/token_files.py."""
   from bigjax.data import token_files
   folder = data_config.get("path") or ""
-  splits, tokenizer = token_files.open_splits(folder, int(data_config.get("seq_len", 128)))
+  splits, tokenizer, kept = token_files.open_splits(folder,
+                                                    int(data_config.get("seq_len", 128)))
   spec = data_config.get("tokenizer", "bytes") or "bytes"
-  kept = token_files.read_info(folder)["tokenizer"]
   if spec != kept and not os.path.isfile(os.path.expanduser(spec)):
     logging.info("%s was tokenized with %s (config.data.tokenizer=%s does not apply)",
                  folder, kept, spec)
@@ -363,10 +364,15 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
   """Labelled texts (a .csv/.tsv/.jsonl file, a folder of <class>/*.txt, or files of
   records such as Debian's fortunes) as tokens [N, seq_len] and class labels; test_fraction
   held out at random (seeded by split_seed). bigjax/data/text_classification.py."""
+  return _tokenized_texts(*labelled_texts(data_config), data_config)
+
+
+def _tokenized_texts(train, test, classes: list[str], data_config) -> RawData:
+  """Labelled texts as tokens [N, seq_len], by config.data.tokenizer (a trained one learns
+  the training texts only)."""
   from bigjax.data import text_classification as tc
-  (train_texts, train_y), (test_texts, test_y), classes = labelled_texts(data_config)
-  tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
-                               train_texts)  # (a trained one: train texts only)
+  (train_texts, train_y), (test_texts, test_y) = train, test
+  tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes", train_texts)
   seq_len = int(data_config.get("seq_len", 128))
   return RawData(tc.tokenize(train_texts, tokenizer, seq_len), train_y,
                  tc.tokenize(test_texts, tokenizer, seq_len), test_y, 0.0, classes,
@@ -414,19 +420,20 @@ def load_tfds_text_classification(data_config: Mapping[str, Any]) -> RawData:
   """A TFDS text-classification dataset by name (imdb_reviews, ag_news_subset, ...): its
   train_split and test_split, the text feature `text_column` tokenized as
   config.data.tokenizer says (bytes or a tokenizer.json), the labels its ClassLabel names."""
-  from bigjax.data import text_classification as tc
-  splits, tokenizer = {}, None
-  for split in ("train_split", "test_split"):  # train first: a trained tokenizer learns it
+  return _tokenized_texts(*tfds_labelled_texts(data_config), data_config)
+
+
+def tfds_labelled_texts(data_config: Mapping[str, Any]):
+  """((train texts, labels), (test texts, labels), class names) of a
+  tfds_text_classification config: its train_split and test_split, before tokenization."""
+  splits = []
+  for split in ("train_split", "test_split"):
     texts, labels, names = tfds_source.load_tfds_text_classification(
         data_config["name"], data_config[split], data_config["data_dir"] or None,
         data_config["download"], data_config.get("text_column", "text"),
         data_config.get("label_column", "label"))
-    tokenizer = tokenizer or tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes",
-                                              texts)
-    splits[split] = (tc.tokenize(texts, tokenizer, int(data_config.get("seq_len", 128))),
-                     labels)
-  return RawData(*splits["train_split"], *splits["test_split"], 0.0, names,
-                 tokenizer=_saved(tokenizer))
+    splits.append((texts, labels))
+  return splits[0], splits[1], names
 
 
 @register_source("tfds_text")

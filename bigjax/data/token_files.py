@@ -136,8 +136,9 @@ def read_info(folder: str) -> dict:
   return info
 
 
-def open_splits(folder: str, seq_len: int) -> tuple[dict, str | None]:
-  """({split: (inputs, targets) TokenWindows}, the tokenizer.json text or None)."""
+def open_splits(folder: str, seq_len: int) -> tuple[dict, str | None, str]:
+  """({split: (inputs, targets) TokenWindows}, the tokenizer.json text or None, the
+  tokenizer it was written with: "bytes", "bpe:N" or a tokenizer.json's path)."""
   info = read_info(folder)
   splits = {}
   for name, (file, start, stop) in info["splits"].items():
@@ -153,7 +154,7 @@ def open_splits(folder: str, seq_len: int) -> tuple[dict, str | None]:
   if info["tokenizer"] != "bytes":
     with open(os.path.join(folder, "tokenizer.json")) as f:
       tokenizer = f.read()
-  return splits, tokenizer
+  return splits, tokenizer, info["tokenizer"]
 
 
 def safe_chunks(pieces: Iterable[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
