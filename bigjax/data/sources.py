@@ -245,6 +245,10 @@ def load_array_record(data_config: Mapping[str, Any]) -> RawData:
   if records.split_files(folder, "validation"):
     raw.validation_inputs, raw.validation_targets = read("validation")
   if info["kind"] == "texts":
+    if data_config.get("pack_texts", False):
+      raise ConfigError("config.data.pack_texts=True packs texts read into memory; a records "
+                        "folder's texts are tokenized as read, one row each: set pack_texts="
+                        "False, or use source text_classification / tfds_text_classification.")
     _tokenize_as_read(raw, data_config)
   return raw
 
@@ -369,14 +373,28 @@ def load_text_classification(data_config: Mapping[str, Any]) -> RawData:
 
 def _tokenized_texts(train, test, classes: list[str], data_config) -> RawData:
   """Labelled texts as tokens [N, seq_len], by config.data.tokenizer (a trained one learns
-  the training texts only)."""
+  the training texts only); with config.data.pack_texts, each split's texts packed end to
+  end into rows (masked-LM pre-training; the rows' labels are all 0: a row has no class)."""
   from bigjax.data import text_classification as tc
   (train_texts, train_y), (test_texts, test_y) = train, test
   tokenizer = tc.tokenizer_for(data_config.get("tokenizer", "bytes") or "bytes", train_texts)
   seq_len = int(data_config.get("seq_len", 128))
+  if data_config.get("pack_texts", False):
+    _check_packing(data_config)
+    train_x, test_x = (tc.pack(texts, tokenizer, seq_len) for texts in (train_texts,
+                                                                         test_texts))
+    return RawData(train_x, np.zeros(len(train_x), np.int32), test_x,
+                   np.zeros(len(test_x), np.int32), 0.0, classes, tokenizer=_saved(tokenizer))
   return RawData(tc.tokenize(train_texts, tokenizer, seq_len), train_y,
                  tc.tokenize(test_texts, tokenizer, seq_len), test_y, 0.0, classes,
                  tokenizer=_saved(tokenizer))
+
+
+def _check_packing(data_config: Mapping[str, Any]) -> None:
+  if not (data_config.get("augment") or {}).get("mlm_probability"):
+    raise ConfigError("config.data.pack_texts=True joins texts end to end, so a row has no "
+                      "label: use it for masked-LM pre-training only (with config.data."
+                      "augment.mlm_probability > 0), or set pack_texts=False to classify.")
 
 
 def labelled_texts(data_config: Mapping[str, Any]):

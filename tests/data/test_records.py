@@ -370,6 +370,8 @@ def test_text_records_hold_the_texts_and_read_as_their_tokens(tmp_path):
     again = pickle.loads(pickle.dumps(streamed.train_inputs))
     np.testing.assert_array_equal(again[[[3, 1], [0, 2]]],
                                   whole.train_inputs[[[3, 1], [0, 2]]])
+  with pytest.raises(ConfigError, match="pack_texts=True packs texts read into memory"):
+    sources.load_raw(dict(config.data, source="array_record", path=folder, pack_texts=True))
 
 
 def test_streamed_texts_must_fit_the_models_vocabulary(tmp_path):

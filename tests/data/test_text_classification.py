@@ -93,6 +93,40 @@ def test_the_source_holds_out_a_fixed_test_split_with_class_names(tmp_path):
   assert set(raw.train_targets.tolist()) == {0, 1}
 
 
+@pytest.mark.parametrize("spec", ["bytes", "wordpiece:300"])
+def test_packed_texts_fill_every_row_and_keep_every_token(spec, tmp_path):
+  """pack_texts (masked-LM pre-training): each split's texts whole and end to end, in rows
+  of seq_len; only the last row is padded; rows are the same texts a padded row would
+  start with; a classifier's config is refused."""
+  (tmp_path / "c").mkdir()
+  for name, n in (("ham", 30), ("spam", 20)):
+    (tmp_path / "c" / name).write_text("\n%\n".join(f"{name} number {i} " * (i % 4 + 1)
+                                                     for i in range(n)))
+  config = {"path": str(tmp_path / "c"), "split_seed": 0, "test_fraction": 0.2, "seq_len": 8,
+            "tokenizer": spec, "augment": {"mlm_probability": 0.15}}
+  padded = sources.SOURCES.get("text_classification")(config)
+  packed = sources.SOURCES.get("text_classification")({**config, "pack_texts": True})
+  assert packed.class_names == padded.class_names
+  assert (packed.tokenizer is None) == (spec == "bytes")  # (a trained one is kept)
+  train, test = sources.labelled_texts(config)[:2]
+  tokenizer = (tc.tokenizer_for("bytes") if spec == "bytes"
+               else tc.FileTokenizer(__import__("tokenizers").Tokenizer.from_str(
+                   packed.tokenizer)))
+  for texts, rows, labels in ((train[0], packed.train_inputs, packed.train_targets),
+                              (test[0], packed.test_inputs, packed.test_targets)):
+    stream = np.concatenate([np.asarray(ids) for ids in tokenizer.ids(texts)])
+    assert rows.shape == (-(-len(stream) // 8), 8) and rows.dtype == np.int32
+    np.testing.assert_array_equal(rows.reshape(-1)[:len(stream)], stream)
+    assert (rows.reshape(-1)[len(stream):] == tc.PAD).all()
+    assert (labels == 0).all() and len(labels) == len(rows)
+    assert (rows[:-1] != tc.PAD).all()  # no padding but the last row's
+    assert (stream == tc.CLS).sum() == len(texts) == (stream == tc.SEP).sum()
+  # Cut to rows of 8, the longer texts lose tokens.
+  assert (padded.train_inputs != tc.PAD).sum() < (packed.train_inputs != tc.PAD).sum()
+  with pytest.raises(ConfigError, match="pack_texts=True joins texts.*masked-LM pre-training"):
+    sources.SOURCES.get("text_classification")({**config, "pack_texts": True, "augment": {}})
+
+
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
 def test_a_tokenizer_trained_on_the_training_texts_keeps_the_special_ids(kind, tmp_path):
   """wordpiece:N / bpe:N: [PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3 as the byte tokenizer's (so
